@@ -1,0 +1,615 @@
+"""Builds the boot ISO, the kernel and initrd, and the engine bundle from pinned packages.
+
+    fetch    apt-get download name=version for each package in packages.lock
+    extract  dpkg-deb -x, one folder per package (nothing is installed on the host)
+    compose  the initramfs (cpio newc, gzip), the ISO (isolinux), the bundle (tar, zstd)
+    record   a manifest: every package with its version and sha256, every artifact's sha256
+
+The same inputs give the same bytes. The inputs (lock, recipe, guest files, this code)
+are hashed; when the manifest in the output folder carries that hash and its files are
+there, a build does nothing.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import lzma
+import os
+import shutil
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from machine import __version__
+from machine.errors import CommandFailed, DriverNotAvailable, ImageError
+from machine.iso9660 import IsoWriter
+from machine.progress import Progress
+from machine.runner import Runner
+from machine.store import atomic_write
+
+from . import recipe
+from .archive import Entry, cpio_newc, tar_bytes
+from .elf import has_pvh_entry, is_elf, needed_libraries
+
+HERE = Path(__file__).resolve().parent
+LOCK_PATH = HERE / "packages.lock"
+ROOTFS = HERE / "rootfs"
+
+#: Files whose mode in the guest is not the usual 0644/0755.
+SPECIAL_MODES = {"etc/shadow": 0o600, "root": 0o700}
+#: Kept in the image as empty folders.
+EMPTY_DIRS = ["proc", "sys", "dev", "run", "tmp", "root", "mnt/data", "var/log", "var/lib/docker", "var/lib/pymachine", "etc/dropbear", "etc/ssl/certs"]
+#: zstd settings for the engine bundle: long-distance matching finds the Go runtime that
+#: dockerd, containerd and the shim share (33 MB instead of 39 MB at level 19).
+ZSTD_LEVEL = 19
+ZSTD_WINDOW_LOG = 27
+
+BUILD_INPUTS = [
+    HERE / "recipe.py",
+    HERE / "build.py",
+    HERE / "archive.py",
+    HERE / "elf.py",
+    HERE / "isolinux.cfg",
+    HERE.parent / "machine" / "iso9660.py",
+]
+
+
+@dataclass(frozen=True)
+class LockedPackage:
+    name: str
+    version: str
+    sha256: str
+
+    @property
+    def upstream_version(self) -> str:
+        version = self.version.split(":", 1)[-1]
+        return version.split("+")[0].split("~")[0].rsplit("-", 1)[0]
+
+
+def read_lock(path: Path = LOCK_PATH) -> dict[str, LockedPackage]:
+    """The pinned packages, by name."""
+    packages: dict[str, LockedPackage] = {}
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ImageError(f"{path} is missing", "Run `python -m iso lock` to pin the packages") from None
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) != 3:
+            raise ImageError(f"{path}:{number}: expected 'name version sha256'", "Run `python -m iso lock` to rewrite it")
+        packages[parts[0]] = LockedPackage(*parts)
+    return packages
+
+
+def kernel_package(lock: dict[str, LockedPackage]) -> LockedPackage:
+    kernels = [p for n, p in lock.items() if n.startswith("linux-image-") and n != recipe.KERNEL_METAPACKAGE]
+    if len(kernels) != 1:
+        raise ImageError("packages.lock must pin exactly one linux-image-X-amd64 package", "Run `python -m iso lock`")
+    return kernels[0]
+
+
+def wanted_packages() -> list[str]:
+    """Every package the recipe takes files from (the kernel apart)."""
+    names = set(recipe.ISO_FILES) | set(recipe.BOOTLOADER_FILES) | set(recipe.LIBRARY_PACKAGES)
+    names |= {pkg for pkg, _, _ in recipe.ENGINE_FILES}
+    return sorted(names)
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    """Where a build put its results."""
+
+    directory: Path
+    manifest: dict[str, Any]
+
+    def path(self, kind: str) -> Path:
+        return self.directory / self.manifest["artifacts"][kind]["file"]
+
+
+def artifact_names(version: str = __version__) -> dict[str, str]:
+    base = f"pymachine-{version}-{recipe.ARCH}"
+    return {
+        "iso": f"{base}.iso",
+        "kernel": f"{base}.vmlinuz",
+        "vmlinux": f"{base}.vmlinux",
+        "initrd": f"{base}.initrd",
+        "manifest": f"{base}.manifest.json",
+    }
+
+
+class ImageBuilder:
+    """Runs the recipe into `output` (pymachine's cache folder), keeping downloads in `work`."""
+
+    def __init__(self, output: Path, work: Path, runner: Runner | None = None, progress: Progress | None = None, lock_path: Path = LOCK_PATH) -> None:
+        self.output = Path(output)
+        self.work = Path(work)
+        self.runner = runner or Runner()
+        self.progress = progress or Progress()
+        self.lock_path = lock_path
+        self.epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
+
+    # -- public -------------------------------------------------------------------
+
+    def inputs_hash(self) -> str:
+        """A digest of everything that decides the output bytes."""
+        digest = hashlib.sha256()
+        digest.update(f"pymachine {__version__} epoch {self.epoch}\n".encode())
+        for path in [self.lock_path, *BUILD_INPUTS]:
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        for path in sorted(ROOTFS.rglob("*")):
+            rel = path.relative_to(ROOTFS).as_posix()
+            mode = path.lstat().st_mode
+            digest.update(f"{rel} {oct(mode)}\0".encode())
+            if path.is_file():
+                digest.update(path.read_bytes())
+        return digest.hexdigest()
+
+    def current(self) -> Artifacts | None:
+        """The finished build in `output` if it matches the inputs, else None."""
+        manifest_path = self.output / artifact_names()["manifest"]
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        if manifest.get("inputs") != self.inputs_hash():
+            return None
+        for item in manifest.get("artifacts", {}).values():
+            path = self.output / item["file"]
+            if not path.is_file() or path.stat().st_size != item["size"]:
+                return None
+        return Artifacts(self.output, manifest)
+
+    def build(self, force: bool = False) -> Artifacts:
+        """Build, unless an identical build is already in `output`."""
+        if not force:
+            done = self.current()
+            if done is not None:
+                self.progress.note("The boot image is up to date; nothing to build")
+                return done
+        self._require_tools()
+        lock = read_lock(self.lock_path)
+        self._check_lock_covers_recipe(lock)
+        self.output.mkdir(parents=True, exist_ok=True)
+        with self.progress.step(f"Fetching {len(lock)} Debian packages"):
+            debs = self.fetch(lock)
+        with self.progress.step("Unpacking packages"):
+            trees = {name: self.extract(name, deb) for name, deb in debs.items()}
+        kernel = kernel_package(lock)
+        with self.progress.step("Composing the initramfs"):
+            kver, vmlinuz, initrd, iso_libs = self.compose_initramfs(trees, kernel)
+        names = artifact_names()
+        engine_name = f"docker-engine-{lock[recipe.ENGINE_VERSION_PACKAGE].upstream_version}-{recipe.ARCH}.tar.zst"
+        with self.progress.step("Composing the engine bundle"):
+            bundle = self.compose_bundle(trees, iso_libs)
+        with self.progress.step("Writing the ISO"):
+            iso = self.compose_iso(trees, vmlinuz, initrd)
+        vmlinux = extract_vmlinux(vmlinuz)
+        outputs = {"iso": (names["iso"], iso), "kernel": (names["kernel"], vmlinuz), "initrd": (names["initrd"], initrd), "engine": (engine_name, bundle)}
+        if vmlinux is not None:
+            outputs["vmlinux"] = (names["vmlinux"], vmlinux)
+        artifacts: dict[str, Any] = {}
+        for kind, (filename, data) in outputs.items():
+            atomic_write(self.output / filename, data, mode=0o644)
+            artifacts[kind] = {"file": filename, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+        artifacts["engine"]["version"] = lock[recipe.ENGINE_VERSION_PACKAGE].upstream_version
+        manifest = {
+            "name": "pymachine",
+            "version": __version__,
+            "arch": recipe.ARCH,
+            "inputs": self.inputs_hash(),
+            "kernel_version": kver,
+            "cmdline": recipe.KERNEL_CMDLINE,
+            "packages": [{"name": p.name, "version": p.version, "sha256": p.sha256} for p in sorted(lock.values(), key=lambda p: p.name)],
+            "artifacts": artifacts,
+        }
+        atomic_write(self.output / names["manifest"], json.dumps(manifest, indent=2, sort_keys=True) + "\n", mode=0o644)
+        return Artifacts(self.output, manifest)
+
+    # -- steps --------------------------------------------------------------------
+
+    def _require_tools(self) -> None:
+        hint = "Building the boot image needs a Debian or Ubuntu host (apt-get and dpkg-deb); elsewhere, use a released image: `pymachine create --iso URL`"
+        for tool in ("apt-get", "dpkg-deb"):
+            if self.runner.which(tool) is None:
+                raise ImageError(f"`{tool}` is not installed", hint)
+
+    def _check_lock_covers_recipe(self, lock: dict[str, LockedPackage]) -> None:
+        missing = [name for name in wanted_packages() if name not in lock]
+        if missing:
+            raise ImageError(f"packages.lock does not pin {', '.join(missing)}", "Run `python -m iso lock` to pin them")
+
+    def fetch(self, lock: dict[str, LockedPackage]) -> dict[str, Path]:
+        """Each locked package's .deb in work/debs, downloaded when missing, sha256 checked."""
+        debs_dir = self.work / "debs"
+        debs_dir.mkdir(parents=True, exist_ok=True)
+        found: dict[str, Path] = {}
+        missing: list[LockedPackage] = []
+        for package in lock.values():
+            path = self._deb_path(debs_dir, package)
+            if path is not None and _sha256_file(path) == package.sha256:
+                found[package.name] = path
+            else:
+                missing.append(package)
+        if missing:
+            argv = ["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", *[f"{p.name}={p.version}" for p in missing]]
+            try:
+                self.runner.run(argv, cwd=str(debs_dir), timeout=1800)
+            except CommandFailed as exc:
+                raise ImageError(
+                    f"apt-get could not download the pinned packages: {exc.message.split(': ', 1)[-1]}",
+                    "Run `apt-get update`; if a pinned version is gone from the archive, run `python -m iso lock`",
+                ) from None
+            for package in missing:
+                path = self._deb_path(debs_dir, package)
+                if path is None:
+                    raise ImageError(f"apt-get did not leave {package.name}_{package.version} in {debs_dir}", "Run `apt-get update` and build again")
+                actual = _sha256_file(path)
+                if actual != package.sha256:
+                    raise ImageError(
+                        f"{path.name} has sha256 {actual[:12]}..., the lock says {package.sha256[:12]}...",
+                        "Run `python -m iso lock` if the archive changed, or delete the file and build again",
+                    )
+                found[package.name] = path
+        return found
+
+    @staticmethod
+    def _deb_path(debs_dir: Path, package: LockedPackage) -> Path | None:
+        quoted = package.version.replace(":", "%3a")
+        for arch in (recipe.ARCH, "all"):
+            path = debs_dir / f"{package.name}_{quoted}_{arch}.deb"
+            if path.exists():
+                return path
+        return None
+
+    def extract(self, name: str, deb: Path) -> Path:
+        """dpkg-deb -x into work/tree/NAME, once per .deb."""
+        target = self.work / "tree" / name
+        marker = target / ".pymachine-from"
+        if marker.is_file() and marker.read_text() == deb.name:
+            return target
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        self.runner.run(["dpkg-deb", "-x", str(deb), str(target)], timeout=600)
+        marker.write_text(deb.name)
+        return target
+
+    def compose_initramfs(self, trees: dict[str, Path], kernel: LockedPackage) -> tuple[str, bytes, bytes, set[str]]:
+        """(kernel version, vmlinuz bytes, initrd bytes, sonames the initrd carries)."""
+        ktree = trees[kernel.name]
+        kver = _only(p.name for p in (ktree / "lib" / "modules").iterdir())
+        vmlinuz = (ktree / "boot" / f"vmlinuz-{kver}").read_bytes()
+
+        entries: dict[str, Entry] = {}
+
+        def put(entry: Entry) -> None:
+            entries[entry.path] = entry
+
+        for path in sorted(ROOTFS.rglob("*")):
+            rel = path.relative_to(ROOTFS).as_posix()
+            if path.is_dir():
+                put(Entry.directory(rel, SPECIAL_MODES.get(rel, 0o755)))
+            else:
+                perm = 0o755 if os.access(path, os.X_OK) else 0o644
+                put(Entry.file(rel, path.read_bytes(), SPECIAL_MODES.get(rel, perm)))
+        for rel in EMPTY_DIRS:
+            put(Entry.directory(rel, SPECIAL_MODES.get(rel, 0o755)))
+        put(Entry.file("etc/os-release", f'NAME="pymachine"\nID=pymachine\nVERSION_ID="{__version__}"\nPRETTY_NAME="pymachine {__version__} (Debian bookworm packages)"\n'.encode()))
+
+        for package, files in recipe.ISO_FILES.items():
+            for source, dest in files:
+                for rel_src, data, perm in _take(trees[package], source):
+                    rel_dest = (dest or source).rstrip("/") + rel_src[len(source.rstrip("/")):]
+                    put(Entry.file(rel_dest, data, perm))
+
+        busybox = trees["busybox-static"] / "bin" / "busybox"
+        applets = self.runner.run([str(busybox), "--list-full"]).stdout.split()
+        for applet in sorted(applets):
+            if applet not in entries:
+                put(Entry.symlink(applet, "/bin/busybox"))
+        for link, target in recipe.SYMLINKS.items():
+            put(Entry.symlink(link, target))
+
+        bundle = "".join(
+            (trees["ca-certificates"] / "usr/share/ca-certificates/mozilla" / name).read_text()
+            for name in sorted(os.listdir(trees["ca-certificates"] / "usr/share/ca-certificates/mozilla"))
+        )
+        put(Entry.file("etc/ssl/certs/ca-certificates.crt", bundle.encode()))
+        for path in [p for p in entries if p.startswith("usr/share/ca-certificates/")]:
+            del entries[path]
+
+        library_index = _library_index(trees)
+        carried = self._add_libraries(entries, library_index, already=set())
+        for entry in self._kernel_modules(ktree, kver):
+            put(entry)
+        initrd = gzip.compress(cpio_newc(entries.values(), mtime=self.epoch), compresslevel=9, mtime=0)
+        return kver, vmlinuz, initrd, carried
+
+    def _add_libraries(self, entries: dict[str, Entry], index: dict[str, tuple[str, bytes]], already: set[str]) -> set[str]:
+        """Add every shared library the ELF files in `entries` need; return their sonames."""
+        carried = set(already)
+        queue = [e for e in list(entries.values()) if stat.S_ISREG(e.mode) and is_elf(e.data)]
+        while queue:
+            entry = queue.pop()
+            interp = _interpreter(entry.data)
+            wants = needed_libraries(entry.data)
+            if interp and interp.lstrip("/") not in entries:
+                soname = Path(interp).name
+                if soname not in index:
+                    raise ImageError(f"{entry.path} needs the loader {interp}, which no package in the recipe has", "Add its package to LIBRARY_PACKAGES in iso/recipe.py")
+                new = Entry.file(interp.lstrip("/"), index[soname][1], 0o755)
+                entries[new.path] = new
+                carried.add(soname)
+            for soname in wants:
+                if soname in carried:
+                    continue
+                if soname not in index:
+                    raise ImageError(
+                        f"{entry.path} needs {soname}, which no package in the recipe provides",
+                        "Add its package to LIBRARY_PACKAGES in iso/recipe.py and run `python -m iso lock`",
+                    )
+                new = Entry.file(f"lib/{recipe.MULTIARCH}/{soname}", index[soname][1], 0o755)
+                entries[new.path] = new
+                carried.add(soname)
+                queue.append(new)
+        return carried
+
+    def _kernel_modules(self, ktree: Path, kver: str) -> list[Entry]:
+        """The recipe's modules, their dependencies, and modules.dep/alias/builtin for them."""
+        base = ktree / "lib" / "modules" / kver
+        by_name: dict[str, Path] = {}
+        for path in base.rglob("*.ko"):
+            by_name[path.stem.replace("-", "_")] = path
+        info: dict[str, dict[str, list[str]]] = {}
+
+        def modinfo(name: str) -> dict[str, list[str]]:
+            if name not in info:
+                info[name] = _modinfo(by_name[name].read_bytes())
+            return info[name]
+
+        aliases: dict[str, str] = {}
+        wanted: list[str] = []
+        pending = [m.replace("-", "_") for m in recipe.KERNEL_MODULES]
+        while pending:
+            name = pending.pop()
+            if name in wanted:
+                continue
+            if name not in by_name:
+                builtin = (base / "modules.builtin").read_text()
+                if f"/{name}.ko" in builtin.replace("-", "_"):
+                    continue
+                raise ImageError(f"kernel module {name} is not in {ktree.name}", "Remove it from KERNEL_MODULES in iso/recipe.py")
+            wanted.append(name)
+            meta = modinfo(name)
+            for dep in meta.get("depends", []):
+                pending.extend(d.replace("-", "_") for d in dep.split(",") if d)
+        # Resolve soft dependencies ("pre: crc32c") to modules we carry, as hard ones:
+        # busybox modprobe ignores softdep, and libcrc32c is useless without crc32c.
+        for name in wanted:
+            for alias in modinfo(name).get("alias", []):
+                aliases.setdefault(alias, name)
+        for name in wanted:
+            aliases.setdefault(name, name)
+
+        def deps_of(name: str) -> list[str]:
+            meta = modinfo(name)
+            deps = [d.replace("-", "_") for dep in meta.get("depends", []) for d in dep.split(",") if d]
+            for soft in meta.get("softdep", []):
+                for word in soft.replace("pre:", " ").split("post:")[0].split():
+                    target = aliases.get(word) or aliases.get(f"crypto-{word}")
+                    if target and target != name:
+                        deps.append(target)
+            return deps
+
+        def closure(name: str, seen: list[str]) -> list[str]:
+            for dep in deps_of(name):
+                if dep not in seen:
+                    closure(dep, seen)
+                    seen.append(dep)
+            return seen
+
+        entries = []
+        dep_lines = []
+        alias_lines = []
+        for name in sorted(wanted):
+            rel = by_name[name].relative_to(base).as_posix()
+            entries.append(Entry.file(f"lib/modules/{kver}/{rel}", by_name[name].read_bytes()))
+            order = closure(name, [])
+            deps = " ".join(by_name[d].relative_to(base).as_posix() for d in reversed(order))
+            dep_lines.append(f"{rel}:{' ' + deps if deps else ''}")
+            for alias in sorted(set(modinfo(name).get("alias", []))):
+                alias_lines.append(f"alias {alias} {name}")
+        root = f"lib/modules/{kver}"
+        entries.append(Entry.file(f"{root}/modules.dep", ("\n".join(dep_lines) + "\n").encode()))
+        entries.append(Entry.file(f"{root}/modules.alias", ("\n".join(alias_lines) + "\n").encode()))
+        entries.append(Entry.file(f"{root}/modules.builtin", (base / "modules.builtin").read_bytes()))
+        return entries
+
+    def compose_bundle(self, trees: dict[str, Path], iso_libs: set[str]) -> bytes:
+        """The engine bundle: bin/ and the lib/ the ISO does not already carry, zstd."""
+        import zstandard
+
+        entries: dict[str, Entry] = {}
+        for package, source, name in recipe.ENGINE_FILES:
+            data = (trees[package] / source).read_bytes()
+            entries[f"bin/{name}"] = Entry.file(f"bin/{name}", data, 0o755)
+        index = _library_index(trees)
+        before = set(entries)
+        self._add_libraries(entries, index, already=iso_libs)
+        for path in set(entries) - before:
+            entry = entries.pop(path)
+            moved = Entry.file(f"lib/{Path(path).name}", entry.data, 0o755)
+            entries[moved.path] = moved
+        raw = tar_bytes(entries.values(), mtime=self.epoch)
+        # Compressing takes a minute; a rebuild that changed only the ISO reuses it.
+        cached = self.work / f"bundle-{hashlib.sha256(raw).hexdigest()[:16]}-zstd{ZSTD_LEVEL}.tar.zst"
+        if cached.is_file():
+            return cached.read_bytes()
+        params = zstandard.ZstdCompressionParameters.from_level(
+            ZSTD_LEVEL, window_log=ZSTD_WINDOW_LOG, enable_ldm=True, threads=-1, write_content_size=True
+        )
+        compressed = zstandard.ZstdCompressor(compression_params=params).compress(raw)
+        for old in self.work.glob("bundle-*.tar.zst"):
+            old.unlink()
+        atomic_write(cached, compressed, mode=0o644)
+        return compressed
+
+    def compose_iso(self, trees: dict[str, Path], vmlinuz: bytes, initrd: bytes) -> bytes:
+        writer = IsoWriter(recipe.BOOT_VOLUME_ID, timestamp=self.epoch)
+        for package, files in recipe.BOOTLOADER_FILES.items():
+            for source, dest in files:
+                writer.add_file(dest, (trees[package] / source).read_bytes())
+        config = (HERE / "isolinux.cfg").read_text().replace("@CMDLINE@", recipe.KERNEL_CMDLINE)
+        writer.add_file("isolinux/isolinux.cfg", config.encode())
+        writer.add_file("boot/vmlinuz", vmlinuz)
+        writer.add_file("boot/initrd", initrd)
+        writer.set_boot("isolinux/isolinux.bin", load_sectors=4)
+        return writer.write()
+
+
+# -- lock ------------------------------------------------------------------------
+
+
+def make_lock(runner: Runner, path: Path = LOCK_PATH) -> str:
+    """Pin the candidate version of every package the recipe needs, from apt's lists."""
+    if runner.which("apt-cache") is None:
+        raise DriverNotAvailable("`apt-cache` is not installed", "Pin packages on a Debian or Ubuntu host")
+    meta = _apt_show(runner, [recipe.KERNEL_METAPACKAGE])[recipe.KERNEL_METAPACKAGE]
+    kernel = next(
+        dep.strip().split()[0]
+        for dep in meta.get("Depends", "").split(",")
+        if dep.strip().startswith("linux-image-")
+    )
+    names = sorted({*wanted_packages(), kernel})
+    shown = _apt_show(runner, names)
+    lines = [
+        "# Pinned Debian packages of the boot image: name version sha256.",
+        "# Rewrite with `python -m iso lock`; the build downloads exactly these.",
+    ]
+    for name in names:
+        if name not in shown:
+            raise ImageError(f"apt-cache knows no package {name}", "Run `apt-get update`, or fix iso/recipe.py")
+        lines.append(f"{name} {shown[name]['Version']} {shown[name]['SHA256']}")
+    text = "\n".join(lines) + "\n"
+    atomic_write(path, text, mode=0o644)
+    return text
+
+
+def _apt_show(runner: Runner, names: list[str]) -> dict[str, dict[str, str]]:
+    out = runner.run(["apt-cache", "show", "--no-all-versions", *names], check=False)
+    records: dict[str, dict[str, str]] = {}
+    for block in out.stdout.split("\n\n"):
+        fields: dict[str, str] = {}
+        key = None
+        for line in block.splitlines():
+            if line.startswith((" ", "\t")) and key:
+                fields[key] += " " + line.strip()
+            elif ":" in line:
+                key, value = line.split(":", 1)
+                fields[key] = value.strip()
+        if "Package" in fields:
+            records.setdefault(fields["Package"], fields)
+    return records
+
+
+# -- helpers ---------------------------------------------------------------------
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _only(items: Iterable[str]) -> str:
+    values = list(items)
+    if len(values) != 1:
+        raise ImageError(f"expected one kernel, found {values}", "Check KERNEL_METAPACKAGE in iso/recipe.py")
+    return values[0]
+
+
+def _take(tree: Path, source: str) -> list[tuple[str, bytes, int]]:
+    """Files at `source` in a package tree (a file, or a folder taken whole): (rel, data, perm)."""
+    path = tree / source
+    if source.endswith("/"):
+        if not path.is_dir():
+            raise ImageError(f"{source} is not in {tree.name}", "Fix ISO_FILES in iso/recipe.py")
+        found = []
+        for item in sorted(path.rglob("*")):
+            if item.is_file():
+                rel = item.relative_to(tree).as_posix()
+                found.append((rel, item.read_bytes(), 0o755 if os.access(item, os.X_OK) else 0o644))
+        return found
+    if not path.exists():
+        raise ImageError(f"{source} is not in {tree.name}", "Fix ISO_FILES in iso/recipe.py")
+    real = path.resolve()
+    return [(source, real.read_bytes(), 0o755 if os.access(real, os.X_OK) else 0o644)]
+
+
+def _library_index(trees: dict[str, Path]) -> dict[str, tuple[str, bytes]]:
+    """soname -> (package, bytes), over the recipe's library packages."""
+    index: dict[str, tuple[str, bytes]] = {}
+    for package in recipe.LIBRARY_PACKAGES:
+        tree = trees[package]
+        for folder in ("lib", "lib64", "usr/lib", f"lib/{recipe.MULTIARCH}", f"usr/lib/{recipe.MULTIARCH}"):
+            directory = tree / folder
+            if not directory.is_dir():
+                continue
+            for item in sorted(directory.iterdir()):
+                if ".so" in item.name and item.is_file() and item.name not in index:
+                    index[item.name] = (package, item.resolve().read_bytes())
+    return index
+
+
+def _interpreter(data: bytes) -> str | None:
+    import struct
+
+    if not is_elf(data):
+        return None
+    phoff = struct.unpack_from("<Q", data, 0x20)[0]
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    for i in range(phnum):
+        p_type, _flags, p_offset, _vaddr, _paddr, p_filesz = struct.unpack_from("<IIQQQQ", data, phoff + i * phentsize)
+        if p_type == 3:  # PT_INTERP
+            return data[p_offset : p_offset + p_filesz].rstrip(b"\x00").decode()
+    return None
+
+
+def _modinfo(ko: bytes) -> dict[str, list[str]]:
+    """key=value pairs of a module's .modinfo section (found by its NUL-separated form)."""
+    found: dict[str, list[str]] = {}
+    for key in (b"depends=", b"alias=", b"softdep="):
+        start = 0
+        while True:
+            pos = ko.find(b"\x00" + key, start)
+            if pos < 0:
+                break
+            end = ko.find(b"\x00", pos + 1)
+            value = ko[pos + 1 + len(key) : end].decode(errors="replace")
+            found.setdefault(key.decode()[:-1], []).append(value)
+            start = end
+    return found
+
+
+def extract_vmlinux(vmlinuz: bytes) -> bytes | None:
+    """The uncompressed kernel inside a bzImage, if it is xz-packed and has a PVH entry.
+
+    QEMU boots such an ELF directly (no decompression in the guest): under TCG that
+    saves about six seconds of every boot.
+    """
+    start = vmlinuz.find(b"\xfd7zXZ\x00")
+    if start < 0:
+        return None
+    try:
+        data = lzma.LZMADecompressor().decompress(vmlinuz[start:])
+    except lzma.LZMAError:
+        return None
+    return data if has_pvh_entry(data) else None

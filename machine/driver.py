@@ -1,0 +1,289 @@
+"""The driver contract: what every hypervisor backend must do, and how drivers are found.
+
+A driver manages one VM for one machine. It never prints, never talks SSH, and calls
+every external program through the Runner it is given. The core (machine.machines)
+decides *what* happens; a driver only knows *how* on its hypervisor.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import enum
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .errors import DriverError, MachineError
+from .runner import Runner
+
+ENTRY_POINT_GROUP = "pymachine.drivers"
+
+
+class State(str, enum.Enum):
+    """A VM's state as its hypervisor reports it (never guessed over SSH)."""
+
+    RUNNING = "Running"
+    STARTING = "Starting"
+    STOPPING = "Stopping"
+    STOPPED = "Stopped"
+    PAUSED = "Paused"
+    SAVED = "Saved"
+    ERROR = "Error"
+    NOT_FOUND = "NotFound"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Feature(str, enum.Enum):
+    """Optional abilities a driver declares up front."""
+
+    #: forwards can be added and removed while the VM runs
+    RUNTIME_FORWARDS = "runtime-forwards"
+    #: UDP forwards, not only TCP
+    UDP_FORWARDS = "udp-forwards"
+    #: a forward may bind all host interfaces (0.0.0.0), not only loopback
+    ANY_HOST_ADDRESS = "any-host-address"
+    #: the guest's serial console is kept in a log file (`pymachine logs`)
+    SERIAL_LOG = "serial-log"
+    #: boots the kernel and initrd directly, skipping the ISO's boot loader
+    DIRECT_KERNEL_BOOT = "direct-kernel-boot"
+    #: the guest can be cut off from everything but its host forwards
+    RESTRICT_NETWORK = "restrict-network"
+
+
+@dataclass(frozen=True, order=True)
+class PortForward:
+    """One host port carried to one guest port."""
+
+    protocol: str  # "tcp" or "udp"
+    host_ip: str  # "127.0.0.1" or "0.0.0.0"
+    host_port: int
+    guest_port: int
+
+    def __post_init__(self) -> None:
+        if self.protocol not in ("tcp", "udp"):
+            raise ValueError(f"protocol must be tcp or udp, not {self.protocol!r}")
+        for port in (self.host_port, self.guest_port):
+            if not 1 <= port <= 65535:
+                raise ValueError(f"port out of range: {port}")
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """Two forwards with the same key cannot coexist on one host."""
+        return (self.protocol, self.host_port)
+
+    def __str__(self) -> str:
+        return f"{self.host_ip}:{self.host_port}->{self.guest_port}/{self.protocol}"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A host and port the host can connect to."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class BootMedia:
+    """What the VM boots from: the ISO, and its kernel and initrd for direct boot."""
+
+    iso: Path
+    kernel: Path | None = None
+    initrd: Path | None = None
+    cmdline: str = ""
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    """Everything a driver needs to know about its machine, decided by the core."""
+
+    name: str
+    directory: Path
+    cpus: int
+    memory_mb: int
+    disk_mb: int
+    boot: BootMedia
+    config_medium: Path
+    ssh_port: int
+    docker_port: int
+
+    @property
+    def data_disk_stem(self) -> Path:
+        """Where drivers put the data disk, minus the extension their format wants."""
+        return self.directory / "data"
+
+
+@dataclass
+class DriverOptions:
+    """Base for each driver's typed options. Field metadata "help" feeds --help and docs."""
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, str]]:
+        """(option name, default, help) for each option."""
+        rows = []
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else ""
+            rows.append((f.name.replace("_", "-"), _format_default(default), f.metadata.get("help", "")))
+        return rows
+
+    @classmethod
+    def parse(cls, pairs: Mapping[str, str]) -> DriverOptions:
+        """Options from `--opt key=value` strings, converted to each field's type."""
+        hints = typing.get_type_hints(cls)
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for raw_key, raw in pairs.items():
+            key = raw_key.replace("-", "_")
+            if key not in known:
+                names = ", ".join(sorted(n.replace("_", "-") for n in known)) or "none"
+                raise MachineError(
+                    f"Unknown option '{raw_key}' for this driver (it takes: {names})",
+                    "Run `pymachine drivers` to see each driver's options",
+                )
+            values[key] = _convert(raw_key, raw, hints[key])
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DriverOptions:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def option(default: Any, help: str) -> Any:
+    """A DriverOptions field with its help text."""
+    return field(default=default, metadata={"help": help})
+
+
+class Driver(abc.ABC):
+    """One VM on one hypervisor. Each method is short; the core composes them."""
+
+    #: the name users pass to `create -d`
+    name: ClassVar[str]
+    #: the options dataclass for `create -o key=value`
+    options_class: ClassVar[type[DriverOptions]] = DriverOptions
+    #: optional abilities, see Feature
+    features: ClassVar[frozenset[Feature]] = frozenset()
+
+    def __init__(self, spec: MachineSpec, options: DriverOptions, runner: Runner) -> None:
+        self.spec = spec
+        self.options = options
+        self.runner = runner
+
+    @classmethod
+    @abc.abstractmethod
+    def precheck(cls, runner: Runner, options: DriverOptions) -> None:
+        """Raise DriverNotAvailable when this host cannot run the hypervisor."""
+
+    @abc.abstractmethod
+    def create(self) -> None:
+        """Make the VM and its data disk; leave it stopped."""
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Boot the VM; return once the hypervisor runs it (the guest may still be booting)."""
+
+    @abc.abstractmethod
+    def stop(self, timeout: float) -> None:
+        """Ask the guest to power off (ACPI); force it off after `timeout` seconds."""
+
+    @abc.abstractmethod
+    def kill(self) -> None:
+        """Power the VM off at once."""
+
+    @abc.abstractmethod
+    def remove(self) -> None:
+        """Delete the VM and every file the driver made; safe on a half-made VM."""
+
+    @abc.abstractmethod
+    def state(self) -> State:
+        """The VM's state, asked of the hypervisor, quickly and without SSH."""
+
+    @abc.abstractmethod
+    def ssh_endpoint(self) -> Endpoint:
+        """Where on the host the guest's SSH server answers."""
+
+    @abc.abstractmethod
+    def docker_endpoint(self) -> Endpoint:
+        """Where on the host the guest's Docker TLS port (2376) answers."""
+
+    @abc.abstractmethod
+    def add_forward(self, forward: PortForward) -> None:
+        """Carry a host port to a guest port; raise PortUnavailable when the host port is taken."""
+
+    @abc.abstractmethod
+    def remove_forward(self, forward: PortForward) -> None:
+        """Stop carrying that host port; a forward already gone is not an error."""
+
+    @abc.abstractmethod
+    def list_forwards(self) -> list[PortForward]:
+        """The forwards made through add_forward (not the machine's own SSH and Docker ports)."""
+
+    def details(self) -> dict[str, Any]:
+        """Driver facts for `pymachine inspect` (backend, accelerator, paths)."""
+        return {}
+
+    def serial_log(self) -> Path | None:
+        """The file holding the guest's serial console, if the driver keeps one."""
+        return None
+
+    def supports(self, feature: Feature) -> bool:
+        return feature in self.features
+
+
+def _format_default(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _convert(key: str, raw: str, hint: Any) -> Any:
+    wanted = hint
+    if typing.get_origin(hint) is typing.Union:  # Optional[...]
+        wanted = next(a for a in typing.get_args(hint) if a is not type(None))
+    if wanted is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise MachineError(f"Option '{key}' takes true or false, not '{raw}'", "Run `pymachine drivers` to see each driver's options")
+    if wanted is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise MachineError(f"Option '{key}' takes a number, not '{raw}'", "Run `pymachine drivers` to see each driver's options") from None
+    return raw
+
+
+def driver_names() -> list[str]:
+    """Every registered driver name, sorted."""
+    return sorted(ep.name for ep in _entry_points())
+
+
+def load_driver(name: str) -> type[Driver]:
+    """Import the driver registered as `name`, and only that one."""
+    for ep in _entry_points():
+        if ep.name == name:
+            cls = ep.load()
+            if not (isinstance(cls, type) and issubclass(cls, Driver)):
+                raise DriverError(f"Driver '{name}' is registered as {ep.value}, which is not a Driver")
+            return cls
+    known = ", ".join(driver_names()) or "none"
+    raise DriverError(f"Unknown driver '{name}' (known drivers: {known})", "Run `pymachine drivers` to list them")
+
+
+def _entry_points() -> list[Any]:
+    from importlib.metadata import entry_points
+
+    return list(entry_points(group=ENTRY_POINT_GROUP))

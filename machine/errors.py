@@ -1,0 +1,112 @@
+"""The one error root. Every message says what happened, then the command to run next.
+
+The CLI prints `str(error)` as a single line and exits 1; nothing below MachineError
+ever reaches the user as a traceback.
+"""
+
+from __future__ import annotations
+
+
+class MachineError(Exception):
+    """Something the user can understand and act on."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message.rstrip(".")
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}. {self.hint}"
+        return f"{self.message}."
+
+
+class InvalidName(MachineError):
+    """A machine name that the store or a hypervisor would not accept."""
+
+
+class MachineNotFound(MachineError):
+    """No machine of that name in the store."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"Machine '{name}' does not exist", "Run `pymachine ls` to see your machines")
+        self.name = name
+
+
+class MachineExists(MachineError):
+    """`create` for a name already taken."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"Machine '{name}' already exists",
+            f"Run `pymachine start {name}`, or `pymachine rm {name}` first to make it anew",
+        )
+
+
+class MachineStateError(MachineError):
+    """The machine is not in a state the command can work from."""
+
+
+class StoreError(MachineError):
+    """The store on disk is unreadable, locked, or from another version."""
+
+
+class DriverError(MachineError):
+    """A driver could not do what was asked."""
+
+
+class DriverNotAvailable(DriverError):
+    """The hypervisor's tools are missing or unusable on this host."""
+
+
+class CommandFailed(DriverError):
+    """An external program failed; carries its argv and both output streams."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        returncode: int | None,
+        stdout: str,
+        stderr: str,
+        hint: str | None = None,
+    ) -> None:
+        detail = (stderr.strip() or stdout.strip()).splitlines()
+        last = detail[-1] if detail else f"exit status {returncode}"
+        super().__init__(f"`{' '.join(argv[:3])}` failed: {last}", hint)
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+
+
+class ImageError(MachineError):
+    """The boot image is missing, damaged, or cannot be built here."""
+
+
+class PortUnavailable(MachineError):
+    """A host port that a forward needs is taken or not allowed."""
+
+
+class SSHError(MachineError):
+    """SSH to the guest failed (connection, authentication or host key)."""
+
+
+class SSHTimeout(SSHError):
+    """A command in the guest ran past its deadline; carries what it printed so far."""
+
+    def __init__(self, message: str, stdout: str = "", stderr: str = "", hint: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.stdout = stdout
+        self.stderr = stderr
+
+
+class ProvisionError(MachineError):
+    """Installing or starting the Docker engine in the guest failed."""
+
+
+class HypervisorConflict(MachineError):
+    """Another hypervisor runs VMs, and starting ours could hang the host."""
+
+
+class Interrupted(MachineError):
+    """Ctrl-C or a signal stopped a command part way; what it made is marked Error."""
