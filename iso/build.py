@@ -26,6 +26,7 @@ from typing import Any
 
 from machine import __version__
 from machine.errors import CommandFailed, DriverNotAvailable, ImageError
+from machine.image import MANIFEST_NAME
 from machine.iso9660 import IsoWriter
 from machine.progress import Progress
 from machine.runner import Runner
@@ -120,7 +121,7 @@ def artifact_names(version: str = __version__) -> dict[str, str]:
         "kernel": f"{base}.vmlinuz",
         "vmlinux": f"{base}.vmlinux",
         "initrd": f"{base}.initrd",
-        "manifest": f"{base}.manifest.json",
+        "manifest": MANIFEST_NAME if version == __version__ else f"{base}.manifest.json",
     }
 
 
@@ -145,8 +146,7 @@ class ImageBuilder:
             digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
         for path in sorted(ROOTFS.rglob("*")):
             rel = path.relative_to(ROOTFS).as_posix()
-            mode = path.lstat().st_mode
-            digest.update(f"{rel} {oct(mode)}\0".encode())
+            digest.update(f"{rel} {'d' if path.is_dir() else 'f'}\0".encode())
             if path.is_file():
                 digest.update(path.read_bytes())
         return digest.hexdigest()
@@ -296,8 +296,11 @@ class ImageBuilder:
             if path.is_dir():
                 put(Entry.directory(rel, SPECIAL_MODES.get(rel, 0o755)))
             else:
-                perm = 0o755 if os.access(path, os.X_OK) else 0o644
-                put(Entry.file(rel, path.read_bytes(), SPECIAL_MODES.get(rel, perm)))
+                # Scripts are executable by their #! line, not by the checkout's mode bits
+                # (an installed wheel may not keep them).
+                data = path.read_bytes()
+                perm = 0o755 if data.startswith(b"#!") else 0o644
+                put(Entry.file(rel, data, SPECIAL_MODES.get(rel, perm)))
         for rel in EMPTY_DIRS:
             put(Entry.directory(rel, SPECIAL_MODES.get(rel, 0o755)))
         put(Entry.file("etc/os-release", f'NAME="pymachine"\nID=pymachine\nVERSION_ID="{__version__}"\nPRETTY_NAME="pymachine {__version__} (Debian bookworm packages)"\n'.encode()))
@@ -339,7 +342,7 @@ class ImageBuilder:
             entry = queue.pop()
             interp = _interpreter(entry.data)
             wants = needed_libraries(entry.data)
-            if interp and interp.lstrip("/") not in entries:
+            if interp and interp.lstrip("/") not in entries and Path(interp).name not in carried:
                 soname = Path(interp).name
                 if soname not in index:
                     raise ImageError(f"{entry.path} needs the loader {interp}, which no package in the recipe has", "Add its package to LIBRARY_PACKAGES in iso/recipe.py")

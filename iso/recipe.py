@@ -26,6 +26,8 @@ ISO_FILES: dict[str, list[tuple[str, str | None]]] = {
     "openssh-sftp-server": [("usr/lib/openssh/sftp-server", "usr/lib/sftp-server")],
     "e2fsprogs": [("sbin/mke2fs", None), ("etc/mke2fs.conf", None)],
     "iptables": [("usr/sbin/xtables-nft-multi", None), (f"usr/lib/{MULTIARCH}/xtables/", None)],
+    # nc -U: talks to dockerd's unix socket from the guest (checks, debugging).
+    "netcat-openbsd": [("bin/nc.openbsd", "usr/bin/nc.openbsd")],
     # The engine bundle is zstd-compressed; the Debian zstd binary is self-contained.
     "zstd": [("usr/bin/zstd", None)],
     # dockerd pulls images over HTTPS: the guest needs the CA roots (concatenated at build).
@@ -93,6 +95,8 @@ LIBRARY_PACKAGES: list[str] = [
     "libpcre2-8-0",
     "libudev1",
     "libseccomp2",
+    "libbsd0",
+    "libmd0",
 ]
 
 #: Kernel modules, with their dependencies added from the modules' own metadata.
@@ -119,7 +123,5 @@ KERNEL_MODULES: list[str] = [
 #: Passed to the kernel by isolinux and by the QEMU driver's direct boot.
 KERNEL_CMDLINE = "console=tty0 console=ttyS0,115200 quiet loglevel=3 rodata=off"
 
-#: Volume id of the boot ISO and of each machine's config medium.
+#: Volume id of the boot ISO. (The config medium's is machine.configmedium.VOLUME_ID.)
 BOOT_VOLUME_ID = "PYMACHINE"
-CONFIG_VOLUME_ID = "PMCONFIG"
-DATA_DISK_LABEL = "pymachine-data"

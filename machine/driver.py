@@ -99,6 +99,8 @@ class BootMedia:
     kernel: Path | None = None
     initrd: Path | None = None
     cmdline: str = ""
+    #: the same kernel uncompressed, with a PVH entry (QEMU x86 boots it without decompressing)
+    pvh_kernel: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,16 @@ class MachineSpec:
     def data_disk_stem(self) -> Path:
         """Where drivers put the data disk, minus the extension their format wants."""
         return self.directory / "data"
+
+
+@dataclass(frozen=True)
+class HostReport:
+    """What this host offers a driver, for `pymachine doctor`."""
+
+    installed: bool
+    version: str = ""
+    accelerator: str = ""
+    detail: str = ""
 
 
 @dataclass
@@ -175,10 +187,13 @@ class Driver(abc.ABC):
     #: optional abilities, see Feature
     features: ClassVar[frozenset[Feature]] = frozenset()
 
-    def __init__(self, spec: MachineSpec, options: DriverOptions, runner: Runner) -> None:
+    def __init__(self, spec: MachineSpec, options: DriverOptions, runner: Runner, client_role: str = "cli") -> None:
         self.spec = spec
         self.options = options
         self.runner = runner
+        #: "cli" or "watcher": a driver whose control channel serves one client at a
+        #: time (QEMU's QMP socket) gives the long-lived watcher a channel of its own.
+        self.client_role = client_role
 
     @classmethod
     @abc.abstractmethod
@@ -228,6 +243,15 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def list_forwards(self) -> list[PortForward]:
         """The forwards made through add_forward (not the machine's own SSH and Docker ports)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def host_report(cls, runner: Runner) -> HostReport:
+        """Installed or not, its version, and whether hardware acceleration is usable."""
+
+    def hardware_accelerated(self) -> bool:
+        """True if the VM uses hardware virtualization (and so may clash with other hypervisors)."""
+        return True
 
     def details(self) -> dict[str, Any]:
         """Driver facts for `pymachine inspect` (backend, accelerator, paths)."""

@@ -67,6 +67,10 @@ class MachineConfig:
     image_version: str = ""
     engine_bundle: str = ""
     engine_options: list[str] = field(default_factory=list)
+    engine_labels: list[str] = field(default_factory=list)
+    insecure_registries: list[str] = field(default_factory=list)
+    registry_mirrors: list[str] = field(default_factory=list)
+    engine_version: str = ""
     ssh_port: int = 0
     docker_port: int = 0
     #: host address for a bare `-p H:C`; 0.0.0.0 gives Docker's own (wider) default

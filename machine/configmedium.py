@@ -1,0 +1,31 @@
+"""Each machine's config medium: a small ISO the guest reads at boot.
+
+It carries the hostname, the user's SSH public key, and the guest's SSH host key, which
+the host generated, so the host knows the host key before it first connects. Every
+hypervisor can attach an ISO as a CD or disk; the guest finds it by its volume id.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .iso9660 import IsoWriter
+from .store import atomic_write
+
+VOLUME_ID = "PMCONFIG"
+#: busybox findfs ignores devices smaller than 64 KiB; 1 MiB also suits every hypervisor.
+SIZE = 1 << 20
+
+
+def config_medium(hostname: str, authorized_key: str, host_key_pem: bytes) -> bytes:
+    """The ISO bytes for one machine."""
+    writer = IsoWriter(VOLUME_ID)
+    writer.add_file("hostname", hostname.encode() + b"\n")
+    writer.add_file("authorized_keys", authorized_key.strip().encode() + b"\n")
+    writer.add_file("ssh_host_ed25519_key", host_key_pem)
+    return writer.write(min_size=SIZE)
+
+
+def write_config_medium(path: Path, hostname: str, authorized_key: str, host_key_pem: bytes) -> None:
+    # It holds a private key: readable by the owner alone.
+    atomic_write(path, config_medium(hostname, authorized_key, host_key_pem), mode=0o600)

@@ -1,0 +1,91 @@
+"""`pymachine env` without importing typer (it alone takes ~60 ms to import).
+
+`eval $(pymachine env dev)` sits in shell start-up files, so it must be quick. This
+handles exactly the documented forms:
+
+    pymachine [--storage-path DIR] env [--shell SHELL] [--unset|-u] [--no-proxy] [NAME]
+
+Anything else (--help, a typo, an unknown flag) returns None, and the full typer CLI
+parses it and gives its usual errors. Both paths render through machine.shellenv.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .errors import MachineError
+
+
+def try_fast_env(args: list[str]) -> int | None:
+    storage: str | None = None
+    rest = list(args)
+    while rest and rest[0] in ("--storage-path", "-s"):
+        if len(rest) < 2:
+            return None
+        storage, rest = rest[1], rest[2:]
+    if rest and rest[0].startswith("--storage-path="):
+        storage, rest = rest[0].split("=", 1)[1], rest[1:]
+    if not rest or rest[0] != "env":
+        return None
+    shell: str | None = None
+    unset = False
+    no_proxy = False
+    names: list[str] = []
+    items = rest[1:]
+    i = 0
+    while i < len(items):
+        item = items[i]
+        if item == "--shell" and i + 1 < len(items):
+            shell = items[i + 1]
+            i += 2
+            continue
+        if item.startswith("--shell="):
+            shell = item.split("=", 1)[1]
+        elif item in ("--unset", "-u"):
+            unset = True
+        elif item == "--no-proxy":
+            no_proxy = True
+        elif item.startswith("-"):
+            return None
+        else:
+            names.append(item)
+        i += 1
+    if len(names) > 1 or (not names and not unset):
+        return None
+    try:
+        out, hint = render_env(storage, names[0] if names else None, shell, unset, no_proxy)
+    except MachineError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(out)
+    if hint and sys.stdout.isatty():
+        print(hint, file=sys.stderr)
+    return 0
+
+
+def render_env(storage: str | None, name: str | None, shell: str | None, unset: bool, no_proxy: bool) -> tuple[str, str]:
+    """(shell code, usage hint) for `env`; shared by the fast path and the typer command."""
+    from . import shellenv
+    from .store import STATUS_READY, Store
+
+    shell = shellenv.check_shell(shell) if shell else shellenv.detect_shell()
+    if unset:
+        keys = list(shellenv.DOCKER_VARIABLES) + (["NO_PROXY"] if no_proxy else [])
+        return shellenv.render([], keys, shell), shellenv.usage_hint(name or "", shell, True)
+    assert name is not None
+    root = storage or os.environ.get("PYMACHINE_STORAGE_PATH") or "~/.pymachine"
+    store = Store(os.path.expanduser(root))
+    config = store.load(name)
+    if config.status != STATUS_READY or not config.docker_port:
+        reason = config.error or f"status {config.status}"
+        raise MachineError(f"Machine '{name}' is not ready ({reason})", f"Run `pymachine provision {name}`, or `pymachine rm {name}` and create it again")
+    directory = store.machine_dir(name)
+    # The one liveness check cheap enough for env: a crashed watcher is started again.
+    from .watcherproc import revive_if_crashed
+
+    revive_if_crashed(directory)
+    assignments = shellenv.variables(name, config.docker_port, str(directory))
+    if no_proxy:
+        assignments.append(shellenv.no_proxy_value())
+    return shellenv.render(assignments, [], shell), shellenv.usage_hint(name, shell, False)

@@ -1,0 +1,113 @@
+"""From a container's inspect data to the host forwards it wants, and what to change.
+
+Binding rules (docs/port-forwarding.md):
+    -p 127.0.0.1:H:C   host 127.0.0.1:H    (the user asked for loopback)
+    -p 0.0.0.0:H:C     host 0.0.0.0:H      (the user asked for every interface)
+    -p H:C, -P         host <forward_bind>:H, 127.0.0.1 unless the machine says 0.0.0.0
+The guest side is always the port Docker bound in the guest (H), on the guest's address.
+A port bound to the guest's loopback only also needs a DNAT rule in the guest, because
+the hypervisor's NAT delivers to the guest's own address, not to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from .driver import PortForward
+
+LOOPBACK_GUEST = ("127.0.0.1", "::1")
+
+
+@dataclass(frozen=True)
+class WantedForward:
+    """A forward a running container wants, with where it came from."""
+
+    forward: PortForward
+    container_id: str
+    container_name: str
+    #: the guest side binds loopback only: the guest needs a DNAT rule to reach it
+    guest_loopback: bool = False
+
+
+def _host_ip(requested: str | None, forward_bind: str) -> str:
+    if requested in (None, ""):
+        return forward_bind
+    if requested in ("0.0.0.0", "::"):
+        return "0.0.0.0"
+    return "127.0.0.1"
+
+
+def wanted_from_inspect(data: dict[str, Any], forward_bind: str = "127.0.0.1") -> list[WantedForward]:
+    """The forwards a container wants, from `GET /containers/{id}/json`.
+
+    NetworkSettings.Ports holds the ports Docker really bound (random ones included,
+    after start); HostConfig.PortBindings holds what the user asked for, which tells a
+    bare `-p H:C` (HostIp "") from an explicit `-p 0.0.0.0:H:C`. Before start, only
+    the bindings are known, and only those with a fixed host port are returned.
+    """
+    container_id = data.get("Id", "")
+    name = (data.get("Name") or "").lstrip("/") or container_id[:12]
+    requested = (data.get("HostConfig") or {}).get("PortBindings") or {}
+    actual = (data.get("NetworkSettings") or {}).get("Ports") or {}
+    source = actual if actual else requested
+    found: dict[tuple[str, int], WantedForward] = {}
+    for port_proto, bindings in sorted(source.items()):
+        if not bindings or "/" not in port_proto:
+            continue
+        protocol = port_proto.split("/", 1)[1]
+        if protocol not in ("tcp", "udp"):
+            continue
+        asked = requested.get(port_proto) or []
+        for binding in bindings:
+            host_port = str(binding.get("HostPort") or "")
+            if not host_port.isdigit():
+                continue
+            guest_ip = binding.get("HostIp") or ""
+            asked_ip = _asked_ip(asked, host_port, guest_ip)
+            forward = PortForward(protocol, _host_ip(asked_ip, forward_bind), int(host_port), int(host_port))
+            key = forward.key
+            loopback = guest_ip in LOOPBACK_GUEST
+            if key in found:
+                # "0.0.0.0" and "::" for one port: one forward; any non-loopback wins.
+                loopback = loopback and found[key].guest_loopback
+            found[key] = WantedForward(forward, container_id, name, loopback)
+    return [found[k] for k in sorted(found)]
+
+
+def _asked_ip(asked: list[dict[str, Any]], host_port: str, guest_ip: str) -> str | None:
+    """The HostIp the user gave for this port, or None when they gave none (-P, bare -p)."""
+    for binding in asked:
+        wanted_port = str(binding.get("HostPort") or "")
+        if wanted_port in (host_port, "") or _in_range(host_port, wanted_port):
+            ip = binding.get("HostIp") or ""
+            if ip or wanted_port:
+                return ip
+    if guest_ip in LOOPBACK_GUEST:
+        return guest_ip
+    return None
+
+
+def _in_range(port: str, spec: str) -> bool:
+    low, sep, high = spec.partition("-")
+    return bool(sep) and low.isdigit() and high.isdigit() and int(low) <= int(port) <= int(high)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What reconciling changes: forwards to add and to remove."""
+
+    add: list[WantedForward]
+    remove: list[PortForward]
+
+
+def plan(wanted: Iterable[WantedForward], actual: Iterable[PortForward]) -> Plan:
+    """Diff desired against actual. A forward whose target or address changed is replaced."""
+    desired: dict[tuple[str, int], WantedForward] = {}
+    for item in wanted:
+        desired.setdefault(item.forward.key, item)
+    current = {f.key: f for f in actual}
+    remove = [f for key, f in sorted(current.items()) if key not in desired or desired[key].forward != f]
+    add = [w for key, w in sorted(desired.items()) if key not in current or current[key] != w.forward]
+    return Plan(add, remove)

@@ -1,0 +1,210 @@
+"""The boot image as the core sees it: where its ISO, kernel, initrd and engine bundle are.
+
+A build (`pymachine image build`, see iso/) leaves them in the cache folder with a
+manifest. `create --iso PATH|URL` may name another ISO; a URL is downloaded into the
+cache, and the engine bundle and manifest are fetched from beside it when the cache has
+none (that is how a published release is laid out).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import ImageError
+from .iso9660 import SECTOR, volume_id
+
+ARCH = "amd64"
+BOOT_VOLUME_ID = "PYMACHINE"
+MANIFEST_NAME = f"pymachine-{__version__}-{ARCH}.manifest.json"
+BUILD_HINT = "Build it with `pymachine image build` (Debian or Ubuntu), or pass `--iso PATH|URL` of a released image"
+
+
+@dataclass(frozen=True)
+class BootImage:
+    """What a machine boots and installs."""
+
+    iso: Path
+    version: str
+    kernel: Path | None = None
+    initrd: Path | None = None
+    pvh_kernel: Path | None = None
+    cmdline: str = ""
+    engine_bundle: Path | None = None
+    engine_sha256: str = ""
+    engine_version: str = ""
+
+    @classmethod
+    def from_manifest(cls, manifest_path: Path) -> BootImage:
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except FileNotFoundError:
+            raise ImageError(f"No boot image in {manifest_path.parent}", BUILD_HINT) from None
+        except json.JSONDecodeError:
+            raise ImageError(f"The image manifest {manifest_path} is damaged", "Run `pymachine image build` again") from None
+        directory = manifest_path.parent
+        artifacts: dict[str, Any] = manifest.get("artifacts", {})
+
+        def path(kind: str) -> Path | None:
+            item = artifacts.get(kind)
+            if not item:
+                return None
+            found = directory / item["file"]
+            return found if found.is_file() else None
+
+        iso = path("iso")
+        if iso is None:
+            raise ImageError(f"The boot ISO named in {manifest_path.name} is missing", BUILD_HINT)
+        engine = artifacts.get("engine", {})
+        return cls(
+            iso=iso,
+            version=manifest.get("version", ""),
+            kernel=path("kernel"),
+            initrd=path("initrd"),
+            pvh_kernel=path("vmlinux"),
+            cmdline=manifest.get("cmdline", ""),
+            engine_bundle=path("engine"),
+            engine_sha256=engine.get("sha256", ""),
+            engine_version=engine.get("version", ""),
+        )
+
+    @classmethod
+    def locate(cls, cache: Path, iso: str | None = None, download_progress: Callable[[str, int], Callable[[int, int], None]] | None = None) -> BootImage:
+        """The image to boot: the cache's build, or `iso` (a path or URL) with the cache's bundle."""
+        manifest = Path(cache) / MANIFEST_NAME
+        if iso is None:
+            return cls.from_manifest(manifest)
+        if iso.startswith(("http://", "https://")):
+            local = _download(iso, Path(cache), download_progress)
+            if not manifest.is_file():
+                base = iso.rsplit("/", 1)[0]
+                _download(f"{base}/{MANIFEST_NAME}", Path(cache), download_progress)
+                built = cls.from_manifest(manifest)
+                if built.engine_bundle is None:
+                    bundle_name = json.loads(manifest.read_text())["artifacts"]["engine"]["file"]
+                    _download(f"{base}/{bundle_name}", Path(cache), download_progress)
+            iso_path = local
+        else:
+            iso_path = Path(iso).expanduser().resolve()
+            if not iso_path.is_file():
+                raise ImageError(f"No ISO at {iso_path}", "Check the path given to --iso")
+        with open(iso_path, "rb") as handle:
+            head = handle.read(17 * SECTOR)
+        if len(head) < 17 * SECTOR or head[16 * SECTOR + 1 : 16 * SECTOR + 6] != b"CD001":
+            raise ImageError(f"{iso_path} is not an ISO 9660 image", "Pass the pymachine boot ISO to --iso")
+        try:
+            built = cls.from_manifest(manifest)
+        except ImageError:
+            raise ImageError(
+                f"--iso gives the boot ISO, but the engine bundle that provisioning installs is not in {cache}",
+                BUILD_HINT,
+            ) from None
+        if volume_id(head) != BOOT_VOLUME_ID:
+            raise ImageError(f"{iso_path} is not a pymachine boot image (volume id '{volume_id(head)}')", "Pass the pymachine boot ISO to --iso")
+        # A foreign ISO boots from the CD only: its kernel may not match the cache's.
+        same = built.iso.resolve() == iso_path or _same_file(built.iso, iso_path)
+        return cls(
+            iso=iso_path,
+            version=built.version if same else "custom",
+            kernel=built.kernel if same else None,
+            initrd=built.initrd if same else None,
+            pvh_kernel=built.pvh_kernel if same else None,
+            cmdline=built.cmdline,
+            engine_bundle=built.engine_bundle,
+            engine_sha256=built.engine_sha256,
+            engine_version=built.engine_version,
+        )
+
+    def pin(self, directory: Path) -> BootImage:
+        """Hard-link (or copy) the boot files into a machine's folder.
+
+        A later image build replaces the cache's files; a machine keeps booting the
+        image it was created with until `pymachine upgrade`.
+        """
+        target = directory / "boot"
+        target.mkdir(parents=True, exist_ok=True)
+
+        def keep(source: Path | None, name: str) -> Path | None:
+            if source is None:
+                return None
+            dest = target / name
+            tmp = target / f".{name}.tmp"
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(source, tmp)
+            except OSError:
+                shutil.copyfile(source, tmp)
+            os.replace(tmp, dest)
+            return dest
+
+        return BootImage(
+            iso=keep(self.iso, "boot.iso") or self.iso,
+            version=self.version,
+            kernel=keep(self.kernel, "vmlinuz"),
+            initrd=keep(self.initrd, "initrd"),
+            pvh_kernel=keep(self.pvh_kernel, "vmlinux"),
+            cmdline=self.cmdline,
+            engine_bundle=self.engine_bundle,
+            engine_sha256=self.engine_sha256,
+            engine_version=self.engine_version,
+        )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _download(url: str, cache: Path, progress: Callable[[str, int], Callable[[int, int], None]] | None) -> Path:
+    """Download `url` into the cache (once); progress gets (title, total) -> callback(done, total)."""
+    import requests
+
+    cache.mkdir(parents=True, exist_ok=True)
+    name = url.rsplit("/", 1)[-1] or "download"
+    target = cache / name
+    if target.is_file():
+        return target
+    partial = cache / f".{name}.partial"
+    try:
+        with requests.get(url, stream=True, timeout=30) as response:
+            if response.status_code != 200:
+                raise ImageError(f"Downloading {url} failed: HTTP {response.status_code}", "Check the URL given to --iso")
+            total = int(response.headers.get("content-length") or 0)
+            report = progress(f"Downloading {name}", total) if progress else None
+            digest = hashlib.sha256()
+            done = 0
+            with open(partial, "wb") as handle:
+                for chunk in response.iter_content(1 << 16):
+                    handle.write(chunk)
+                    digest.update(chunk)
+                    done += len(chunk)
+                    if report:
+                        report(done, total)
+    except requests.RequestException as exc:
+        partial.unlink(missing_ok=True)
+        raise ImageError(f"Downloading {url} failed: {exc.__class__.__name__}", "Check your network and the URL given to --iso") from None
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, target)
+    return target
+
+
+def build_image(home, force: bool = False):
+    """Run the recipe in iso/ into the cache; returns its Artifacts."""
+    try:
+        import zstandard  # noqa: F401
+
+        from iso.build import ImageBuilder
+    except ImportError:
+        raise ImageError("Building the boot image needs pymachine's image extra", "Run `pip install 'pymachine[image]'`") from None
+    return ImageBuilder(Path(home.cache), home.image_work_dir, home.runner, home.progress).build(force=force)

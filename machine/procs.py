@@ -1,0 +1,98 @@
+"""Processes pymachine starts (QEMU, the forward watcher): pidfiles, liveness, stopping.
+
+Everything is by PID, checked against the command line where the OS tells it, so a
+stale pidfile whose PID was reused by another program is never signalled.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def read_pidfile(path: Path) -> int | None:
+    try:
+        text = Path(path).read_text().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        pid = int(text.split()[0])
+    except (ValueError, IndexError):
+        return None
+    return pid if pid > 0 else None
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is dead for our purposes.
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return True
+
+
+def cmdline(pid: int) -> list[str] | None:
+    """The process's argv, or None when the OS will not say."""
+    proc = Path(f"/proc/{pid}/cmdline")
+    if proc.exists():
+        try:
+            return [a.decode(errors="replace") for a in proc.read_bytes().split(b"\0") if a]
+        except OSError:
+            return None
+    if sys.platform == "darwin":
+        try:
+            out = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, timeout=2)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.split() or None
+    return None
+
+
+def running_from(pidfile: Path, marker: str) -> int | None:
+    """The PID in `pidfile` if that process is alive and `marker` is in its command line."""
+    pid = read_pidfile(pidfile)
+    if pid is None or not alive(pid):
+        return None
+    argv = cmdline(pid)
+    if argv is not None and not any(marker in arg for arg in argv):
+        return None
+    return pid
+
+
+def terminate(pid: int, timeout: float = 5.0) -> bool:
+    """SIGTERM, then SIGKILL after `timeout`; True once the process is gone."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return True
+        if wait_gone(pid, wait):
+            return True
+    return not alive(pid)
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            _reap(pid)
+            return True
+        time.sleep(0.05)
+    return not alive(pid)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass

@@ -1,0 +1,153 @@
+"""`pymachine ssh` and `pymachine scp`: the user's own SSH sessions into a machine.
+
+An interactive login uses the system's OpenSSH client with the machine's pinned host
+key (StrictHostKeyChecking=yes, a known_hosts file of the machine's own); without an
+OpenSSH client, paramiko gives a plain terminal session instead.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import shlex
+import shutil
+import stat
+import sys
+from pathlib import Path
+
+from .driver import State
+from .errors import MachineError, MachineStateError
+from .machines import Machines
+from .ssh import close_sftp
+
+
+def _require_running(machines: Machines, name: str) -> None:
+    if machines.state(name) != State.RUNNING:
+        raise MachineStateError(f"Machine '{name}' is not running", f"Run `pymachine start {name}`")
+
+
+def ssh_argv(machines: Machines, name: str) -> list[str]:
+    """The OpenSSH command line that logs into the machine."""
+    config = machines.load(name)
+    target = machines.ssh_target(config)
+    directory = machines.directory(name)
+    return [
+        "ssh",
+        "-i", str(target.key_path),
+        "-p", str(target.port),
+        "-o", "IdentitiesOnly=yes",
+        "-o", f"UserKnownHostsFile={directory / 'known_hosts'}",
+        "-o", f"HostKeyAlias=pymachine-{name}",
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", "LogLevel=ERROR",
+        f"{target.user}@{target.host}",
+    ]
+
+
+def interactive_ssh(machines: Machines, name: str) -> None:
+    _require_running(machines, name)
+    argv = ssh_argv(machines, name)
+    program = shutil.which("ssh")
+    if program is not None:
+        os.execv(program, argv)
+    _paramiko_shell(machines, name)
+
+
+def run_remote(machines: Machines, name: str, command: list[str]) -> int:
+    """Run a command in the guest, streaming its output; its exit status."""
+    _require_running(machines, name)
+    text = command[0] if len(command) == 1 else " ".join(shlex.quote(c) for c in command)
+    with machines.ssh(name) as ssh:
+        stdin = None if sys.stdin.isatty() else sys.stdin
+        return ssh.stream(text, sys.stdout.buffer, sys.stderr.buffer, stdin=stdin)
+
+
+def _paramiko_shell(machines: Machines, name: str) -> None:
+    import select
+    import termios
+    import tty
+
+    with machines.ssh(name) as ssh:
+        channel = ssh.session()
+        size = shutil.get_terminal_size()
+        channel.get_pty(term=os.environ.get("TERM", "xterm"), width=size.columns, height=size.lines)
+        channel.invoke_shell()
+        old = termios.tcgetattr(sys.stdin)
+        try:
+            tty.setraw(sys.stdin.fileno())
+            while not channel.exit_status_ready():
+                ready, _, _ = select.select([channel, sys.stdin], [], [], 0.5)
+                if channel in ready:
+                    data = channel.recv(65536)
+                    if not data:
+                        break
+                    os.write(sys.stdout.fileno(), data)
+                if sys.stdin in ready:
+                    channel.sendall(os.read(sys.stdin.fileno(), 1024))
+        finally:
+            termios.tcsetattr(sys.stdin, termios.TCSADRAIN, old)
+
+
+def _split(location: str) -> tuple[str | None, str]:
+    if ":" in location and not location.startswith(("/", ".")):
+        machine, path = location.split(":", 1)
+        return machine, path or "."
+    return None, location
+
+
+def copy(machines: Machines, source: str, destination: str, recursive: bool) -> None:
+    src_machine, src_path = _split(source)
+    dst_machine, dst_path = _split(destination)
+    if (src_machine is None) == (dst_machine is None):
+        raise MachineError("scp copies between this host and one machine: one side must be MACHINE:PATH", "Example: `pymachine scp ./app.tar dev:/tmp/`")
+    name = src_machine or dst_machine
+    assert name is not None
+    _require_running(machines, name)
+    with machines.ssh(name) as ssh:
+        sftp = ssh.sftp()
+        try:
+            if dst_machine:
+                _upload(sftp, Path(src_path), dst_path, recursive)
+            else:
+                _download(sftp, src_path, Path(dst_path), recursive)
+        except FileNotFoundError as exc:
+            raise MachineError(f"No such file: {exc.filename or exc}", "Check the path") from None
+        finally:
+            close_sftp(sftp)
+
+
+def _remote_is_dir(sftp, path: str) -> bool:
+    try:
+        return stat.S_ISDIR(sftp.stat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _upload(sftp, local: Path, remote: str, recursive: bool) -> None:
+    if not local.exists():
+        raise MachineError(f"No such file: {local}", "Check the path")
+    if _remote_is_dir(sftp, remote):
+        remote = posixpath.join(remote, local.name)
+    if local.is_dir():
+        if not recursive:
+            raise MachineError(f"{local} is a folder", "Add -r to copy folders")
+        if not _remote_is_dir(sftp, remote):
+            sftp.mkdir(remote)
+        for child in sorted(local.iterdir()):
+            _upload(sftp, child, posixpath.join(remote, child.name), recursive)
+        return
+    sftp.put(str(local), remote)
+    sftp.chmod(remote, stat.S_IMODE(local.stat().st_mode))
+
+
+def _download(sftp, remote: str, local: Path, recursive: bool) -> None:
+    if local.is_dir():
+        local = local / posixpath.basename(remote.rstrip("/"))
+    if _remote_is_dir(sftp, remote):
+        if not recursive:
+            raise MachineError(f"{remote} is a folder", "Add -r to copy folders")
+        local.mkdir(exist_ok=True)
+        for entry in sorted(sftp.listdir(remote)):
+            _download(sftp, posixpath.join(remote, entry), local / entry, recursive)
+        return
+    sftp.get(remote, str(local))

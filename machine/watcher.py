@@ -1,0 +1,385 @@
+"""The forward watcher: one background process per running machine that follows Docker's
+events and keeps the hypervisor's port forwards equal to the published ports.
+
+    create   inspect the container at once (off the critical path): its fixed ports
+    start    add its forwards (already known from create, so no round trip first)
+    die      remove them (before `docker stop` returns to the user)
+    destroy  forget it
+On every (re)connection it reconciles: running containers get their forwards, stale
+ones go. The daemon restarting or the connection dropping means reconnect with backoff.
+
+Files in the machine's folder: watcher.pid, watcher.lock (held while it runs, so two
+never run), watcher.log, and forwards.json (what `pymachine ports` shows).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .driver import Driver, PortForward, State
+from .errors import MachineError, PortUnavailable
+from .forwards import WantedForward, plan, wanted_from_inspect
+from .procs import read_pidfile, running_from
+from .store import atomic_write
+from .watcherproc import LOCKFILE, MARKER, PIDFILE, STATE_FILE
+
+log = logging.getLogger("pymachine.watcher")
+
+EVENTS = ["create", "start", "die", "destroy"]
+#: No event for this long: reconnect and reconcile anyway (a cheap heartbeat).
+IDLE_RECONCILE = 60.0
+
+
+# -- the watcher itself ----------------------------------------------------------------
+
+
+@dataclass
+class Record:
+    wanted: WantedForward
+    state: str  # "active" or "failed"
+    reason: str = ""
+
+
+class _Stop(Exception):
+    """SIGTERM: leave the event loop."""
+
+
+class ForwardWatcher:
+    """Keeps one machine's forwards equal to its containers' published ports."""
+
+    def __init__(self, machines: Any, name: str) -> None:
+        from .dockerapi import DockerAPI
+
+        self.machines = machines
+        self.name = name
+        self.config = machines.load(name)
+        self.directory = machines.directory(name)
+        self.driver: Driver = machines.driver(self.config, role="watcher")
+        endpoint = self.driver.docker_endpoint()
+        certs = self.directory
+        self.api = DockerAPI(endpoint.host, endpoint.port, _certs(certs), timeout=10)
+        self.inspect_api = DockerAPI(endpoint.host, endpoint.port, _certs(certs), timeout=10)
+        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="inspect")
+        self.records: dict[tuple[str, int], Record] = {}
+        self.pending: dict[str, Future[list[WantedForward]]] = {}
+        self.loopback: set[tuple[str, int]] = set()
+        self.health: dict[str, Any] = {"state": "starting", "since": _now()}
+        self.lock = threading.Lock()
+        self._ssh: Any = None
+
+    # -- loop ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        pause = 0.5
+        while True:
+            stream = None
+            try:
+                stream = self.api.subscribe({"type": ["container"], "event": EVENTS}, read_timeout=IDLE_RECONCILE)
+                self.reconcile()
+                self._health("watching", since=_now(), last_error="")
+                pause = 0.5
+                for event in stream:
+                    self.handle(event)
+                self._health("reconnecting", last_error="the Docker daemon closed the event stream")
+            except _Stop:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the watcher must outlive any one failure
+                if self._machine_gone():
+                    log.info("machine %s is not running any more; the watcher ends", self.name)
+                    return
+                idle = type(exc).__name__ in ("ReadTimeout", "ConnectionError") and "Read timed out" in str(exc)
+                if idle:
+                    self._health("watching")
+                    pause = 0.0
+                else:
+                    log.warning("event stream failed: %s: %s", type(exc).__name__, exc)
+                    self._health("reconnecting", last_error=f"{type(exc).__name__}: {exc}"[:300])
+            finally:
+                if stream is not None:
+                    stream.close()
+            time.sleep(pause)
+            pause = min(max(pause, 0.5) * 2, 10.0)
+
+    def _machine_gone(self) -> bool:
+        try:
+            return self.driver.state() in (State.STOPPED, State.NOT_FOUND)
+        except MachineError:
+            return False
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.api.close()
+        self.inspect_api.close()
+        if self._ssh is not None:
+            self._ssh.close()
+
+    def handle(self, event: dict[str, Any]) -> None:
+        action = event.get("Action") or event.get("status") or ""
+        container = event.get("id") or (event.get("Actor") or {}).get("ID") or ""
+        if not container:
+            return
+        if action == "create":
+            self.pending[container] = self.pool.submit(self._wanted_for, container)
+        elif action == "start":
+            self._on_start(container)
+        elif action == "die":
+            self._remove_container(container)
+        elif action == "destroy":
+            self.pending.pop(container, None)
+            self._remove_container(container)
+        self._save()
+
+    def _on_start(self, container: str) -> None:
+        future = self.pending.pop(container, None)
+        early: list[WantedForward] = []
+        complete = False
+        if future is not None:
+            try:
+                early, complete = future.result(timeout=10)
+            except Exception:  # noqa: BLE001 - fall back to inspecting now
+                early, complete = [], False
+        if early:
+            self._apply_container(container, early)
+        if not complete:
+            wanted, _ = self._wanted_for(container)
+            self._apply_container(container, wanted)
+
+    def _wanted_for(self, container: str) -> tuple[list[WantedForward], bool]:
+        """(forwards, complete): complete when no port is left for Docker to choose at start."""
+        data = self.inspect_api.inspect(container)
+        if data is None:
+            return [], True
+        wanted = wanted_from_inspect(data, self.config.forward_bind)
+        host = data.get("HostConfig") or {}
+        running = (data.get("State") or {}).get("Running", False)
+        random_ports = host.get("PublishAllPorts") or any(
+            not str(b.get("HostPort") or "").isdigit() for bindings in (host.get("PortBindings") or {}).values() for b in bindings or []
+        )
+        return wanted, running or not random_ports
+
+    # -- changes -----------------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        """Make the forwards match the running containers, whatever happened before."""
+        wanted: list[WantedForward] = []
+        for summary in self.api.containers():
+            data = self.api.inspect(summary["Id"])
+            if data and (data.get("State") or {}).get("Running"):
+                wanted.extend(wanted_from_inspect(data, self.config.forward_bind))
+        actual = self.driver.list_forwards()
+        changes = plan(wanted, actual)
+        with self.lock:
+            for forward in changes.remove:
+                self._driver_remove(forward)
+            present = {f.key for f in actual} - {f.key for f in changes.remove}
+            self.records = {}
+            for item in wanted:
+                if item.forward.key in present and item.forward.key not in {w.forward.key for w in changes.add}:
+                    self.records[item.forward.key] = Record(item, "active")
+            for item in changes.add:
+                self._add(item)
+        self._sync_loopback(force=True)
+        self._save()
+        log.info("reconciled: %d wanted, %d added, %d removed", len(wanted), len(changes.add), len(changes.remove))
+
+    def _apply_container(self, container: str, wanted: list[WantedForward]) -> None:
+        with self.lock:
+            current = {k: r for k, r in self.records.items() if r.wanted.container_id == container}
+            desired = {w.forward.key: w for w in wanted}
+            for key, record in current.items():
+                if key not in desired or record.wanted.forward != desired[key].forward:
+                    if record.state == "active":
+                        self._driver_remove(record.wanted.forward)
+                    del self.records[key]
+            for key, item in desired.items():
+                if key in self.records and self.records[key].wanted.container_id == container:
+                    continue
+                self._add(item)
+        self._sync_loopback()
+
+    def _add(self, item: WantedForward) -> None:
+        key = item.forward.key
+        other = self.records.get(key)
+        if other is not None and other.wanted.container_id != item.container_id:
+            if other.state == "active":
+                self.records[key] = Record(item, "failed", f"host port already forwarded for container {other.wanted.container_name}")
+                return
+        owner = _other_machine_with(self.machines, self.name, key)
+        if owner:
+            self.records[key] = Record(item, "failed", f"host port {item.forward.host_port} is forwarded by machine '{owner}'")
+            log.warning("forward %s for %s: taken by machine %s", item.forward, item.container_name, owner)
+            return
+        try:
+            self.driver.add_forward(item.forward)
+        except PortUnavailable as exc:
+            reason = _busy_reason(item.forward, str(exc))
+            self.records[key] = Record(item, "failed", reason)
+            log.warning("forward %s for %s failed: %s", item.forward, item.container_name, reason)
+            return
+        except MachineError as exc:
+            self.records[key] = Record(item, "failed", str(exc))
+            log.warning("forward %s for %s failed: %s", item.forward, item.container_name, exc)
+            return
+        self.records[key] = Record(item, "active")
+        log.info("forward %s for %s added", item.forward, item.container_name)
+
+    def _remove_container(self, container: str) -> None:
+        changed = False
+        with self.lock:
+            for key, record in list(self.records.items()):
+                if record.wanted.container_id != container:
+                    continue
+                if record.state == "active":
+                    self._driver_remove(record.wanted.forward)
+                    log.info("forward %s for %s removed", record.wanted.forward, record.wanted.container_name)
+                del self.records[key]
+                changed = True
+        if changed:
+            self._sync_loopback()
+
+    def _driver_remove(self, forward: PortForward) -> None:
+        try:
+            self.driver.remove_forward(forward)
+        except MachineError as exc:
+            log.warning("could not remove forward %s: %s", forward, exc)
+
+    # -- guest loopback bindings ---------------------------------------------------------
+
+    def _sync_loopback(self, force: bool = False) -> None:
+        """DNAT rules in the guest for ports Docker bound to the guest's loopback only."""
+        wanted = {(r.wanted.forward.protocol, r.wanted.forward.host_port) for r in self.records.values() if r.state == "active" and r.wanted.guest_loopback}
+        if wanted == self.loopback and not (force and wanted):
+            return
+        rules = "".join(
+            f"iptables -t nat -A PYMACHINE -i \"$nic\" -p {proto} --dport {port} -j DNAT --to-destination 127.0.0.1:{port}; "
+            for proto, port in sorted(wanted)
+        )
+        script = (
+            "nic=$(ip route show default | awk '{print $5; exit}'); "
+            "iptables -t nat -N PYMACHINE 2>/dev/null; "
+            "iptables -t nat -C PREROUTING -j PYMACHINE 2>/dev/null || iptables -t nat -I PREROUTING 1 -j PYMACHINE; "
+            "iptables -t nat -F PYMACHINE; " + rules
+        )
+        try:
+            if self._ssh is None:
+                self._ssh = self.machines.home.ssh(self.machines.ssh_target(self.config, self.driver))
+            self._ssh.run(script, timeout=30)
+            self.loopback = wanted
+        except MachineError as exc:
+            self._ssh = None
+            log.warning("could not update the guest's loopback DNAT rules: %s", exc)
+
+    # -- state -------------------------------------------------------------------------
+
+    def _health(self, state: str, **fields: Any) -> None:
+        self.health["state"] = state
+        self.health.update(fields)
+        self._save()
+
+    def _save(self) -> None:
+        with self.lock:
+            forwards = [
+                {
+                    "protocol": r.wanted.forward.protocol,
+                    "host_ip": r.wanted.forward.host_ip,
+                    "host_port": r.wanted.forward.host_port,
+                    "guest_port": r.wanted.forward.guest_port,
+                    "container": r.wanted.container_name,
+                    "container_id": r.wanted.container_id,
+                    "state": r.state,
+                    "reason": r.reason,
+                }
+                for _, r in sorted(self.records.items())
+            ]
+        data = {"watcher": {**self.health, "pid": os.getpid(), "updated": _now()}, "forwards": forwards}
+        atomic_write(self.directory / STATE_FILE, json.dumps(data, indent=2, sort_keys=True), mode=0o644)
+
+
+def _certs(directory: Path) -> Any:
+    from .certs import CertPaths
+
+    return CertPaths(directory)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _busy_reason(forward: PortForward, detail: str) -> str:
+    if forward.host_port < 1024 and hasattr(os, "geteuid") and os.geteuid() != 0:
+        return f"host port {forward.host_port} is privileged (below 1024) and pymachine does not run as root"
+    return f"host port {forward.host_ip}:{forward.host_port}/{forward.protocol} is in use on this host"
+
+
+def _other_machine_with(machines: Any, me: str, key: tuple[str, int]) -> str | None:
+    """Another machine whose watcher holds this host port as an active forward."""
+    for name in machines.store.names():
+        if name == me:
+            continue
+        try:
+            data = json.loads((machines.directory(name) / STATE_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        for item in data.get("forwards", []):
+            if item.get("state") == "active" and (item.get("protocol"), item.get("host_port")) == key:
+                if running_from(machines.directory(name) / PIDFILE, MARKER) is not None:
+                    return name
+    return None
+
+
+def main(argv: list[str]) -> int:
+    from .home import Home
+    from .machines import Machines
+
+    if len(argv) != 3 or argv[0] != "--storage-path":
+        print("usage: python -m machine.watcher --storage-path DIR NAME", file=sys.stderr)
+        return 2
+    root, name = Path(argv[1]), argv[2]
+    home = Home(root)
+    directory = home.store.machine_dir(name)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    logging.getLogger("paramiko").setLevel(logging.WARNING)
+    lock_handle = open(directory / LOCKFILE, "a")
+    try:
+        fcntl.flock(lock_handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return 0  # another watcher runs for this machine
+    atomic_write(directory / PIDFILE, f"{os.getpid()}\n", mode=0o644)
+
+    def stop(signum: int, frame: Any) -> None:
+        raise _Stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("watcher for %s started (pid %d)", name, os.getpid())
+    watcher = None
+    try:
+        watcher = ForwardWatcher(Machines(home), name)
+        watcher.run()
+    except _Stop:
+        log.info("watcher for %s stopped", name)
+    except MachineError as exc:
+        log.error("watcher for %s cannot run: %s", name, exc)
+        return 1
+    finally:
+        if watcher is not None:
+            watcher.close()
+        if read_pidfile(directory / PIDFILE) == os.getpid():
+            (directory / PIDFILE).unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
