@@ -89,12 +89,10 @@ class DockerAPI:
     def wait_ready(self, timeout: float, on_failure: Any = None) -> None:
         """Poll /_ping until it answers OK; raise ProvisionError after `timeout` seconds."""
         deadline = time.monotonic() + timeout
-        pause = 0.2
         while time.monotonic() < deadline:
             if self.ping(timeout=min(5.0, max(0.5, deadline - time.monotonic()))):
                 return
-            time.sleep(pause)
-            pause = min(pause * 1.5, 1.0)
+            time.sleep(0.25)
         detail = on_failure() if on_failure else ""
         raise ProvisionError(f"The Docker daemon did not answer on {self.base} within {timeout:.0f}s{detail}")
 

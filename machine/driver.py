@@ -53,6 +53,8 @@ class Feature(str, enum.Enum):
     DIRECT_KERNEL_BOOT = "direct-kernel-boot"
     #: the guest can be cut off from everything but its host forwards
     RESTRICT_NETWORK = "restrict-network"
+    #: forwards can be changed while the VM is stopped (they persist in its config)
+    STOPPED_FORWARDS = "stopped-forwards"
 
 
 @dataclass(frozen=True, order=True)

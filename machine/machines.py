@@ -36,6 +36,8 @@ from .ssh import GuestSSH, SSHTarget
 from .store import STATUS_CREATING, STATUS_ERROR, STATUS_READY, MachineConfig, validate_name
 
 STOP_TIMEOUT = 30.0
+#: How long `start` waits for the engine to come back by itself before provisioning.
+ENGINE_BOOT_TIMEOUT = 60.0
 USER_KEY = "id_ed25519"
 HOST_KEY = "ssh_host_ed25519_key"
 CONFIG_MEDIUM = "config.iso"
@@ -274,6 +276,27 @@ class Machines:
             config.engine_version = image.engine_version
         self._save_context(config)
 
+    def _engine_came_back(self, config: MachineConfig, driver: Driver) -> bool:
+        """A provisioned guest starts its engine at boot: wait for it over TLS alone.
+
+        No SSH round trips while dockerd starts (under emulation they slow it down);
+        if it does not answer in time, the caller provisions over SSH, which also
+        diagnoses what went wrong.
+        """
+        from .dockerapi import DockerAPI
+
+        endpoint = driver.docker_endpoint()
+        api = DockerAPI(endpoint.host, endpoint.port, CertPaths(self.directory(config.name)))
+        try:
+            with self.progress.step("Waiting for Docker"):
+                api.wait_ready(ENGINE_BOOT_TIMEOUT)
+            return True
+        except MachineError:
+            self.progress.note("Docker did not come back on its own; provisioning over SSH")
+            return False
+        finally:
+            api.close()
+
     def _save_context(self, config: MachineConfig) -> None:
         try:
             if self.contexts.save(config.name, config.docker_port, CertPaths(self.directory(config.name))):
@@ -293,10 +316,15 @@ class Machines:
             if state == State.NOT_FOUND:
                 raise MachineStateError(f"The VM of machine '{name}' no longer exists in {config.driver}", f"Run `pymachine rm -f {name}` and create it again")
             self._guard(config, driver, force)
+            ports_before = (config.ssh_port, config.docker_port)
             driver = self._start_vm(config, driver)
-            image = self._image_of(config) if config.status != STATUS_READY else None
             try:
-                self._provision(config, driver, image)
+                if config.status == STATUS_READY and self._engine_came_back(config, driver):
+                    if (config.ssh_port, config.docker_port) != ports_before:
+                        self._save_context(config)
+                else:
+                    image = self._image_of(config) if config.status != STATUS_READY else None
+                    self._provision(config, driver, image)
             except KeyboardInterrupt:
                 self._fail(config, driver, "interrupted during start")
                 raise Interrupted(f"Starting machine '{name}' was interrupted; it was stopped again", f"Run `pymachine start {name}`") from None
@@ -394,8 +422,9 @@ class Machines:
             with self.home.ssh(self.ssh_target(config, driver)) as ssh:
                 provisioner = self._provisioner(config, driver, ssh)
                 provisioner.wait_for_ssh(timeout=30)
-                provisioner.configure(provisioner.facts(), config.driver, regenerate=True)
-                provisioner.start_engine(restart=True)
+                facts = provisioner.facts()
+                provisioner.configure(facts, config.driver, regenerate=True)
+                provisioner.start_engine(restart=facts.engine_running)
                 provisioner.wait_for_docker()
             self._save_context(config)
 

@@ -11,6 +11,7 @@ The docker context is the caller's (machine.machines) last step.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 from dataclasses import dataclass
@@ -26,7 +27,10 @@ from .ssh import GuestSSH
 from .store import MachineConfig
 
 GUEST_STATE = "/var/lib/pymachine"
+TLS_DIR = f"{GUEST_STATE}/tls"
 ENGINE = "/usr/libexec/pymachine/engine"
+#: The files `configure` writes; their sums in the guest tell whether anything changed.
+CONFIG_FILES = [f"{TLS_DIR}/ca.pem", f"{TLS_DIR}/server.pem", f"{TLS_DIR}/server-key.pem", f"{GUEST_STATE}/daemon.json", f"{GUEST_STATE}/dockerd.args"]
 SSH_TIMEOUT = 120.0
 DOCKER_TIMEOUT = 90.0
 
@@ -39,6 +43,8 @@ class GuestFacts:
     engine_sha256: str
     engine_running: bool
     data_disk: bool
+    #: sha256 of each config file pymachine writes, as the guest has it now
+    config_sums: dict[str, str]
 
 
 def tail(path: Path | None, lines: int = 15) -> str:
@@ -101,17 +107,24 @@ class Provisioner:
         script = (
             f"ip -4 -o addr show scope global | awk '{{print $4}}' | cut -d/ -f1; echo --; "
             f"{ENGINE} version; echo --; {ENGINE} status; echo --; "
-            "grep -q ' /mnt/data ' /proc/mounts && echo data || echo ram"
+            "grep -q ' /mnt/data ' /proc/mounts && echo data || echo ram; echo --; "
+            f"sha256sum {' '.join(CONFIG_FILES)} 2>/dev/null; true"
         )
         out = self.ssh.run(script, timeout=30).stdout
         parts = [p.strip() for p in out.split("--")]
-        while len(parts) < 4:
+        while len(parts) < 5:
             parts.append("")
+        sums = {}
+        for line in parts[4].splitlines():
+            digest, _, path = line.strip().partition("  ")
+            if path:
+                sums[path] = digest
         return GuestFacts(
             addresses=[a for a in parts[0].split() if a],
             engine_sha256=parts[1].strip(),
             engine_running=parts[2].strip() == "running",
             data_disk=parts[3].strip() == "data",
+            config_sums=sums,
         )
 
     def install_engine(self, image: BootImage, facts: GuestFacts, force: bool = False) -> bool:
@@ -129,26 +142,29 @@ class Provisioner:
             self.ssh.run(f"{ENGINE} install {remote} {shlex.quote(image.engine_sha256)}", timeout=300)
         return True
 
-    def configure(self, facts: GuestFacts, driver_name: str, regenerate: bool = False) -> None:
-        """Certificates, daemon.json and dockerd's flags, written into the guest."""
+    def configure(self, facts: GuestFacts, driver_name: str, regenerate: bool = False) -> bool:
+        """Certificates, daemon.json and dockerd's flags, written into the guest when they
+        differ from what it has; True if anything changed (dockerd must then restart)."""
         with self.progress.step("Configuring TLS and the daemon"):
             self.ca.ensure()
             if regenerate or server_needs_renewal(self.certs, facts.addresses, self.ca):
                 self.ca.issue_server(self.certs, self.config.name, facts.addresses)
             else:
                 self.ca.copy_client(self.certs)
-            tls = f"{GUEST_STATE}/tls"
-            self.ssh.run(f"mkdir -p {tls} && chmod 700 {tls}", timeout=30)
             flags = engine_flags(self.config.engine_options)
-            self.ssh.write_many(
-                {
-                    f"{tls}/ca.pem": (self.certs.ca.read_bytes(), 0o644),
-                    f"{tls}/server.pem": (self.certs.server_cert.read_bytes(), 0o644),
-                    f"{tls}/server-key.pem": (self.certs.server_key.read_bytes(), 0o600),
-                    f"{GUEST_STATE}/daemon.json": (json.dumps(daemon_config(self.config, driver_name), indent=2).encode(), 0o644),
-                    f"{GUEST_STATE}/dockerd.args": (("\n".join(flags) + "\n").encode() if flags else b"", 0o644),
-                }
-            )
+            files = {
+                f"{TLS_DIR}/ca.pem": (self.certs.ca.read_bytes(), 0o644),
+                f"{TLS_DIR}/server.pem": (self.certs.server_cert.read_bytes(), 0o644),
+                f"{TLS_DIR}/server-key.pem": (self.certs.server_key.read_bytes(), 0o600),
+                f"{GUEST_STATE}/daemon.json": (json.dumps(daemon_config(self.config, driver_name), indent=2).encode(), 0o644),
+                f"{GUEST_STATE}/dockerd.args": (("\n".join(flags) + "\n").encode() if flags else b"", 0o644),
+            }
+            changed = {path: item for path, item in files.items() if facts.config_sums.get(path) != hashlib.sha256(item[0]).hexdigest()}
+            if not changed:
+                return False
+            self.ssh.run(f"mkdir -p {TLS_DIR} && chmod 700 {TLS_DIR}", timeout=30)
+            self.ssh.write_many(changed)
+            return True
 
     def start_engine(self, restart: bool) -> None:
         with self.progress.step("Starting the Docker daemon"):
@@ -177,7 +193,7 @@ class Provisioner:
         installed = False
         if image is not None:
             installed = self.install_engine(image, facts, force=reinstall)
-        self.configure(facts, driver_name, regenerate=regenerate)
-        self.start_engine(restart=facts.engine_running or installed)
+        changed = self.configure(facts, driver_name, regenerate=regenerate)
+        self.start_engine(restart=facts.engine_running and (installed or changed))
         self.wait_for_docker()
         return facts

@@ -1,0 +1,146 @@
+"""One contract, every driver: QEMU for real, the others through faithful fakes.
+
+Each harness in HARNESSES builds a driver on a fresh folder. The lifecycle test walks
+create, start, state, forwards (running and, where declared, stopped), stop, kill and
+remove, checking every step against what the contract in machine/driver.py promises.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from drivers.qemu import QemuDriver, QemuOptions
+from machine.driver import Feature, PortForward, State
+from machine.errors import MachineStateError, PortUnavailable
+from machine.image import BootImage
+from machine.runner import Runner
+
+from .contract import Harness, free_port, make_spec, read_banner, wait_for
+
+
+def qemu_harness(tmp_path: Path, request: pytest.FixtureRequest) -> Harness:
+    image: BootImage = request.getfixturevalue("boot_image")
+    from machine.driver import BootMedia
+
+    boot = BootMedia(image.iso, image.kernel, image.initrd, image.cmdline, image.pvh_kernel)
+    spec = make_spec(tmp_path / "qemu-m", "contract", boot)
+    driver = QemuDriver(spec, QemuOptions(restrict_network=True), Runner())
+
+    def booted() -> None:
+        assert wait_for(lambda: read_banner(spec.ssh_port, 2).startswith(b"SSH-"), timeout=120, interval=0.5), "the guest never answered SSH"
+
+    def probe(host_port: int, guest_port: int) -> bool:
+        return read_banner(host_port, 3).startswith(b"SSH-")
+
+    return Harness("qemu", driver, probe, booted, guest_service_port=22)
+
+
+#: name -> factory(tmp_path, request) -> Harness. The VirtualBox and Parallels drivers
+#: add theirs (through their fakes) in test_driver_contract_fakes.py.
+HARNESSES: dict[str, Callable[[Path, pytest.FixtureRequest], Harness]] = {"qemu": qemu_harness}
+LIVE = {"qemu"}
+
+
+def _params() -> list:
+    try:
+        from . import fake_harnesses
+    except ImportError:
+        fake_harnesses = None
+    if fake_harnesses is not None:
+        HARNESSES.update(fake_harnesses.HARNESSES)
+    return [pytest.param(name, marks=[pytest.mark.live] if name in LIVE else []) for name in sorted(HARNESSES)]
+
+
+@pytest.fixture(params=_params())
+def harness(request: pytest.FixtureRequest, tmp_path: Path):
+    made = HARNESSES[request.param](tmp_path, request)
+    yield made
+    try:
+        made.driver.remove()
+    except Exception:
+        pass
+
+
+def _occupied_port() -> tuple[socket.socket, int]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    return sock, sock.getsockname()[1]
+
+
+def test_lifecycle(harness: Harness) -> None:
+    driver = harness.driver
+    assert driver.state() == State.NOT_FOUND, "before create, the VM must not exist"
+
+    driver.create()
+    assert driver.state() == State.STOPPED, "create leaves the VM stopped"
+    assert driver.list_forwards() == [] or Feature.STOPPED_FORWARDS in driver.features
+
+    driver.start()
+    assert driver.state() == State.RUNNING
+    harness.wait_booted()
+    with pytest.raises(MachineStateError):
+        driver.start()
+
+    ssh = driver.ssh_endpoint()
+    docker = driver.docker_endpoint()
+    assert (ssh.host, ssh.port) == ("127.0.0.1", driver.spec.ssh_port)
+    assert (docker.host, docker.port) == ("127.0.0.1", driver.spec.docker_port)
+
+    # A forward carries traffic, shows in the list (without the machine's own two), and goes.
+    port = free_port()
+    forward = PortForward("tcp", "127.0.0.1", port, harness.guest_service_port)
+    driver.add_forward(forward)
+    assert forward in driver.list_forwards()
+    assert all(f.host_port not in (ssh.port, docker.port) for f in driver.list_forwards())
+    assert harness.probe_forward(port, harness.guest_service_port), "the forward does not reach the guest"
+    driver.remove_forward(forward)
+    assert forward not in driver.list_forwards()
+    assert not harness.probe_forward(port, harness.guest_service_port), "a removed forward still answers"
+    driver.remove_forward(forward)  # already gone: not an error
+
+    if Feature.UDP_FORWARDS in driver.features:
+        udp = PortForward("udp", "127.0.0.1", free_port(), 53)
+        driver.add_forward(udp)
+        assert udp in driver.list_forwards()
+        driver.remove_forward(udp)
+        assert udp not in driver.list_forwards()
+
+    # A host port that is taken is refused, loudly, and nothing else is disturbed.
+    holder, busy = _occupied_port()
+    try:
+        keep = PortForward("tcp", "127.0.0.1", free_port(), harness.guest_service_port)
+        driver.add_forward(keep)
+        with pytest.raises(PortUnavailable):
+            driver.add_forward(PortForward("tcp", "127.0.0.1", busy, harness.guest_service_port))
+        assert [f for f in driver.list_forwards() if f.host_port == busy] == []
+        assert keep in driver.list_forwards()
+        driver.remove_forward(keep)
+    finally:
+        holder.close()
+
+    driver.stop(timeout=60)
+    assert driver.state() == State.STOPPED, "stop ends with the VM stopped"
+
+    stopped_forward = PortForward("tcp", "127.0.0.1", free_port(), 80)
+    if Feature.STOPPED_FORWARDS in driver.features:
+        driver.add_forward(stopped_forward)
+        assert stopped_forward in driver.list_forwards()
+        driver.remove_forward(stopped_forward)
+        assert stopped_forward not in driver.list_forwards()
+    else:
+        with pytest.raises(MachineStateError):
+            driver.add_forward(stopped_forward)
+
+    driver.start()
+    assert driver.state() == State.RUNNING
+    driver.kill()
+    assert driver.state() == State.STOPPED, "kill powers the VM off"
+
+    driver.remove()
+    assert driver.state() == State.NOT_FOUND, "remove deletes the VM"
+    driver.remove()  # twice: still fine (rm of a half-made machine relies on it)
