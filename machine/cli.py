@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,10 @@ from .errors import MachineError
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     from .fastpath import try_fast_env
+
+    # `kill` of a running command is handled like Ctrl-C: what it made is cleaned up
+    # or marked Error, and no VM process is left behind.
+    signal.signal(signal.SIGTERM, _interrupt)
 
     code = try_fast_env(args)
     if code is not None:
@@ -65,6 +70,10 @@ def run_cli(args: list[str]) -> int:
         logging.getLogger("pymachine").exception("unexpected error")
         _error(f"Unexpected {type(exc).__name__}: {exc}. The details are in {log_path}; please report them.")
         return 1
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _typer_command(app: Any) -> Any:

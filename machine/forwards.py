@@ -18,6 +18,7 @@ from typing import Any
 from .driver import PortForward
 
 LOOPBACK_GUEST = ("127.0.0.1", "::1")
+ANY_GUEST = ("0.0.0.0", "::")
 
 
 @dataclass(frozen=True)
@@ -80,10 +81,14 @@ def _asked_ip(asked: list[dict[str, Any]], host_port: str, guest_ip: str) -> str
     """The HostIp the user gave for this port, or None when they gave none (-P, bare -p)."""
     for binding in asked:
         wanted_port = str(binding.get("HostPort") or "")
-        if wanted_port in (host_port, "") or _in_range(host_port, wanted_port):
-            ip = binding.get("HostIp") or ""
-            if ip or wanted_port:
-                return ip
+        if wanted_port == host_port or _in_range(host_port, wanted_port):
+            return binding.get("HostIp") or ""
+    # A random port (-p IP::C): only the binding made for that address, so that
+    # `-p 0.0.0.0::80 -p 3001:80` does not widen 3001 to every interface.
+    for binding in asked:
+        ip = binding.get("HostIp") or ""
+        if not binding.get("HostPort") and ip and (ip == guest_ip or (ip in ANY_GUEST and guest_ip in ANY_GUEST)):
+            return ip
     if guest_ip in LOOPBACK_GUEST:
         return guest_ip
     return None

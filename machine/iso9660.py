@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 SECTOR = 2048
-_NAME_OK = re.compile(r"^[A-Z0-9_]{1,30}$|^[A-Z0-9_]*\.[A-Z0-9_]*$")
+# \Z, not $: "$" also matches before a trailing newline.
+_NAME_OK = re.compile(r"^[A-Z0-9_]{1,30}\Z|^[A-Z0-9_]*\.[A-Z0-9_]*\Z")
 
 
 def _both16(value: int) -> bytes:
@@ -46,7 +47,7 @@ def iso_name(name: str, directory: bool = False) -> str:
     upper = name.upper().replace("-", "_")
     if not directory and "." not in upper:
         upper += "."
-    if len(upper) > 31 or not _NAME_OK.match(upper) or (directory and "." in upper):
+    if not name or len(upper) > 31 or not _NAME_OK.match(upper) or (directory and "." in upper):
         raise ValueError(f"'{name}' cannot be an ISO 9660 name (use letters, digits and '_', up to 30 characters)")
     return upper
 
@@ -72,7 +73,7 @@ class IsoWriter:
     """Collects files, then writes one ISO image with `write()`."""
 
     def __init__(self, volume_id: str, timestamp: float | None = None) -> None:
-        if not re.match(r"^[A-Z0-9_]{1,32}$", volume_id):
+        if not re.match(r"^[A-Z0-9_]{1,32}\Z", volume_id):
             raise ValueError("volume id must be 1-32 characters of A-Z, 0-9 and '_'")
         self.volume_id = volume_id
         self.timestamp = time.time() if timestamp is None else timestamp

@@ -9,8 +9,9 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -551,15 +552,15 @@ class Machines:
             return []
         active = self.active()
         rows: dict[str, MachineInfo] = {}
-        with ThreadPoolExecutor(max_workers=min(16, len(names))) as pool:
-            futures = {name: pool.submit(self._info, name, active) for name in names}
-            deadline = time.monotonic() + timeout
-            for name, future in futures.items():
-                try:
-                    rows[name] = future.result(timeout=max(0.0, deadline - time.monotonic()))
-                except FutureTimeout:
-                    rows[name] = MachineInfo(name, name == active, "", "Timeout", "", "", f"no answer within {timeout:g}s")
-            pool.shutdown(wait=False, cancel_futures=True)
+        # Daemon threads, not a pool: a pool joins its threads when it closes and again at
+        # exit, so one hung hypervisor would hold `ls` well past its timeout.
+        futures = {name: _in_thread(self._info, name, active) for name in names}
+        deadline = time.monotonic() + timeout
+        for name, future in futures.items():
+            try:
+                rows[name] = future.result(timeout=max(0.0, deadline - time.monotonic()))
+            except FutureTimeout:
+                rows[name] = MachineInfo(name, name == active, "", "Timeout", "", "", f"no answer within {timeout:g}s")
         return [rows[n] for n in names]
 
     def _info(self, name: str, active: str | None) -> MachineInfo:
@@ -652,6 +653,20 @@ class Machines:
                 if len(chosen) == count:
                     return tuple(chosen)
         raise PortUnavailable("No free TCP port on 127.0.0.1", "Free some ports, then try again")
+
+
+def _in_thread(fn: Any, *args: Any) -> Future:
+    """Run fn(*args) in a daemon thread; its result or exception arrives in the Future."""
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    return future
 
 
 def _port_free(port: int) -> bool:

@@ -32,7 +32,8 @@ CONFIG_VERSION = 1
 #: Upgrade steps: MIGRATIONS[n] turns a version-n dict into a version n+1 dict.
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
-_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9.-]{0,62}$")
+# \Z, not $: "$" also matches before a trailing newline, and "dev\n" is no name.
+_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9.-]{0,62}\Z")
 
 # Provisioning status, kept apart from the VM state the hypervisor reports.
 STATUS_CREATING = "creating"
@@ -44,7 +45,7 @@ def validate_name(name: str) -> str:
     """Return `name` if it can name a machine, a VM, a hostname and a docker context."""
     if not _NAME.match(name) or name.endswith(".") or ".." in name:
         raise InvalidName(
-            f"Invalid machine name '{name}': use letters, digits, '.' and '-', starting with a letter or digit, at most 63 characters",
+            f"Invalid machine name {name!r}: use letters, digits, '.' and '-', starting with a letter or digit, at most 63 characters",
             "Run `pymachine create --help` for an example",
         )
     return name
@@ -172,6 +173,8 @@ class Store:
                 f"Machine '{name}' has an unreadable config.json ({exc.msg} at line {exc.lineno})",
                 f"Run `pymachine rm -f {name}` to remove it",
             ) from None
+        if not isinstance(data, dict):
+            raise StoreError(f"Machine '{name}' has an unreadable config.json (not a JSON object)", f"Run `pymachine rm -f {name}` to remove it")
         return MachineConfig.from_json(self._upgrade(name, data))
 
     def save(self, config: MachineConfig) -> None:

@@ -191,7 +191,8 @@ class ForwardWatcher:
                 self._add(item)
         self._sync_loopback(force=True)
         self._save()
-        log.info("reconciled: %d wanted, %d added, %d removed", len(wanted), len(changes.add), len(changes.remove))
+        level = logging.INFO if changes.add or changes.remove else logging.DEBUG
+        log.log(level, "reconciled: %d wanted, %d added, %d removed", len(wanted), len(changes.add), len(changes.remove))
 
     def _apply_container(self, container: str, wanted: list[WantedForward]) -> None:
         with self.lock:
@@ -266,7 +267,7 @@ class ForwardWatcher:
             for proto, port in sorted(wanted)
         )
         script = (
-            "nic=$(ip route show default | awk '{print $5; exit}'); "
+            "nic=$(cat /run/pymachine/nic); "
             "iptables -t nat -N PYMACHINE 2>/dev/null; "
             "iptables -t nat -C PREROUTING -j PYMACHINE 2>/dev/null || iptables -t nat -I PREROUTING 1 -j PYMACHINE; "
             "iptables -t nat -F PYMACHINE; " + rules

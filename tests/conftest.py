@@ -9,7 +9,6 @@ leaves this host, and every host forward binds 127.0.0.1.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -45,17 +44,22 @@ def boot_image() -> BootImage:
 @pytest.fixture(scope="session")
 def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory, boot_image: BootImage) -> Path:
     """A tarball of a tiny root filesystem (busybox) for `docker import`: no registry needed."""
-    busybox = image_cache() / "image-work" / "tree" / "busybox-static" / "bin" / "busybox"
-    if not busybox.exists():
-        pytest.fail(f"{busybox} is missing: the image build leaves it there")
-    root = tmp_path_factory.mktemp("rootfs")
-    (root / "bin").mkdir()
-    shutil.copy2(busybox, root / "bin" / "busybox")
-    for applet in ("sh", "httpd", "nc", "echo", "cat", "sleep", "ls", "sed", "wc", "head", "dd", "true"):
-        (root / "bin" / applet).symlink_to("busybox")
-    (root / "www").mkdir()
-    (root / "www" / "index.html").write_text("hello from the container\n")
-    (root / "tmp").mkdir()
-    tarball = tmp_path_factory.mktemp("rootfs-tar") / "busybox.tar"
-    subprocess.run(["tar", "-C", str(root), "-cf", str(tarball), "."], check=True)
+    tarball = tmp_path_factory.mktemp("rootfs") / "busybox.tar"
+    env = {**os.environ, "PYMACHINE_CACHE_PATH": str(image_cache())}
+    subprocess.run([str(ROOT / "scripts" / "busybox-rootfs.sh"), str(tarball)], check=True, env=env)
     return tarball
+
+
+@pytest.fixture(scope="session", autouse=True)
+def docker_config(tmp_path_factory: pytest.TempPathFactory):
+    """Docker contexts made by tests land in a throwaway docker config, not the user's."""
+    folder = tmp_path_factory.mktemp("docker-config")
+    old = os.environ.get("DOCKER_CONFIG")
+    os.environ["DOCKER_CONFIG"] = str(folder)
+    for key in ("DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"):
+        os.environ.pop(key, None)
+    yield folder
+    if old is None:
+        os.environ.pop("DOCKER_CONFIG", None)
+    else:
+        os.environ["DOCKER_CONFIG"] = old

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs what pymachine needs on a Debian or Ubuntu host, then pymachine itself into
+# .venv. Safe to run again: it installs only what is missing. Run it as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=()
+command -v qemu-system-x86_64 >/dev/null || packages+=(qemu-system-x86)
+command -v qemu-img >/dev/null || packages+=(qemu-utils)
+command -v dpkg-deb >/dev/null || packages+=(dpkg)
+command -v ssh >/dev/null || packages+=(openssh-client)
+command -v curl >/dev/null || packages+=(curl)
+command -v ip >/dev/null || packages+=(iproute2)
+python3 -c 'import ensurepip, venv' 2>/dev/null || packages+=(python3-venv)
+
+# The boot image is built from Debian packages fetched with `apt-get download`:
+# the package lists must be there even when nothing needs installing.
+if ((${#packages[@]})) || ! apt-cache show busybox-static >/dev/null 2>&1; then
+    apt-get update -qq
+fi
+if ((${#packages[@]})); then
+    echo "setup: installing ${packages[*]}" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[image,test]'
+# Compiled once here: PYTHONDONTWRITEBYTECODE would otherwise make every run recompile.
+.venv/bin/python -m compileall -q machine drivers iso >/dev/null
+
+# A docker CLI for the host. Without one, take the client out of Debian's docker.io
+# package without installing the package (which would also start a local daemon).
+if ! command -v docker >/dev/null && [ ! -x .venv/bin/docker ]; then
+    echo "setup: no docker CLI found; unpacking the client from Debian's docker.io package" >&2
+    work=$(mktemp -d)
+    (cd "$work" && apt-get download -q -o APT::Sandbox::User=root docker.io >/dev/null && dpkg-deb -x docker.io_*.deb tree)
+    install -m 0755 "$work/tree/usr/bin/docker" .venv/bin/docker
+    rm -rf "$work"
+fi
+echo "setup: done ($(.venv/bin/pymachine --version))" >&2

@@ -1,0 +1,246 @@
+"""From `docker inspect` data to host forwards, and the plan that reconciles them.
+
+The inspect data below has the shapes Docker 20.10 (the daemon in the boot image) gives:
+HostConfig.PortBindings is what the user asked for (known from `create` on), and
+NetworkSettings.Ports what Docker really bound (filled in at `start`; a bare `-p H:C`
+shows there twice, for 0.0.0.0 and ::).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from machine.driver import PortForward
+from machine.forwards import Plan, WantedForward, plan, wanted_from_inspect
+
+CONTAINER_ID = "4f1c2e9d8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e"
+
+
+def inspect(bindings: dict[str, Any] | None, ports: dict[str, Any] | None, *, running: bool = True, name: str = "/web", publish_all: bool = False) -> dict[str, Any]:
+    """A container's inspect JSON, trimmed to what Docker sends around the port fields."""
+    return {
+        "Id": CONTAINER_ID,
+        "Created": "2026-11-27T21:40:01.123456789Z",
+        "Name": name,
+        "State": {"Status": "running" if running else "created", "Running": running, "Pid": 4242 if running else 0},
+        "Config": {"Image": "busybox", "ExposedPorts": {k: {} for k in (bindings or ports or {})}},
+        "HostConfig": {"NetworkMode": "default", "PortBindings": bindings, "PublishAllPorts": publish_all, "AutoRemove": False},
+        "NetworkSettings": {
+            "Bridge": "",
+            "SandboxKey": "/var/run/docker/netns/0a1b2c3d4e5f" if running else "",
+            "Ports": ports,
+            "IPAddress": "172.17.0.2" if running else "",
+        },
+    }
+
+
+def both_families(port: str) -> list[dict[str, str]]:
+    return [{"HostIp": "0.0.0.0", "HostPort": port}, {"HostIp": "::", "HostPort": port}]
+
+
+def forwards(data: dict[str, Any], forward_bind: str = "127.0.0.1") -> list[tuple[str, str, int, int, bool]]:
+    return [(w.forward.protocol, w.forward.host_ip, w.forward.host_port, w.forward.guest_port, w.guest_loopback) for w in wanted_from_inspect(data, forward_bind)]
+
+
+# -p 3001:80
+BARE = inspect({"80/tcp": [{"HostIp": "", "HostPort": "3001"}]}, {"80/tcp": both_families("3001")})
+
+
+def test_bare_publish_is_one_forward_on_loopback_by_default() -> None:
+    wanted = wanted_from_inspect(BARE)
+    assert len(wanted) == 1  # 0.0.0.0 and :: for one port: one host forward
+    assert wanted[0].forward == PortForward("tcp", "127.0.0.1", 3001, 3001)
+    assert wanted[0].guest_loopback is False
+    assert wanted[0].container_id == CONTAINER_ID
+    assert wanted[0].container_name == "web"
+
+
+def test_bare_publish_follows_the_machines_forward_bind() -> None:
+    assert forwards(BARE, forward_bind="0.0.0.0") == [("tcp", "0.0.0.0", 3001, 3001, False)]
+
+
+def test_explicit_loopback_publish_binds_loopback_and_needs_the_guest_rule() -> None:
+    data = inspect({"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "3102"}]}, {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "3102"}]})
+    expected = [("tcp", "127.0.0.1", 3102, 3102, True)]
+    assert forwards(data) == expected
+    # The user asked for loopback: a machine that forwards bare ports widely does not widen it.
+    assert forwards(data, forward_bind="0.0.0.0") == expected
+
+
+def test_ipv6_loopback_publish() -> None:
+    data = inspect({"80/tcp": [{"HostIp": "::1", "HostPort": "3106"}]}, {"80/tcp": [{"HostIp": "::1", "HostPort": "3106"}]})
+    assert forwards(data, forward_bind="0.0.0.0") == [("tcp", "127.0.0.1", 3106, 3106, True)]
+
+
+def test_explicit_any_address_publish_binds_every_interface() -> None:
+    data = inspect({"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "3103"}]}, {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "3103"}]})
+    assert forwards(data) == [("tcp", "0.0.0.0", 3103, 3103, False)]
+    v6 = inspect({"80/tcp": [{"HostIp": "::", "HostPort": "3105"}]}, {"80/tcp": [{"HostIp": "::", "HostPort": "3105"}]})
+    assert forwards(v6) == [("tcp", "0.0.0.0", 3105, 3105, False)]
+
+
+def test_publish_all_gets_random_ports_only_after_start() -> None:
+    created = inspect({}, {}, running=False, publish_all=True)
+    created["Config"]["ExposedPorts"] = {"80/tcp": {}, "443/tcp": {}}
+    assert forwards(created) == []
+    running = inspect({}, {"443/tcp": both_families("49154"), "80/tcp": both_families("49153")}, publish_all=True)
+    assert forwards(running) == [("tcp", "127.0.0.1", 49153, 49153, False), ("tcp", "127.0.0.1", 49154, 49154, False)]
+    assert forwards(running, forward_bind="0.0.0.0")[0][1] == "0.0.0.0"
+
+
+def test_container_port_only_gets_a_random_port_after_start() -> None:
+    bindings = {"80/tcp": [{"HostIp": "", "HostPort": ""}]}
+    assert forwards(inspect(bindings, {}, running=False)) == []
+    assert forwards(inspect(bindings, None, running=False)) == []
+    assert forwards(inspect(bindings, {"80/tcp": both_families("49155")})) == [("tcp", "127.0.0.1", 49155, 49155, False)]
+
+
+def test_port_range_publish_is_one_forward_per_port() -> None:
+    bindings = {f"{p}/tcp": [{"HostIp": "", "HostPort": str(p)}] for p in (8000, 8001, 8002)}
+    expected = [("tcp", "127.0.0.1", p, p, False) for p in (8000, 8001, 8002)]
+    # Fixed host ports are known at create, before start.
+    assert forwards(inspect(bindings, {}, running=False)) == expected
+    running = inspect(bindings, {f"{p}/tcp": both_families(str(p)) for p in (8000, 8001, 8002)})
+    assert forwards(running) == expected
+
+
+def test_host_range_to_one_port_is_known_after_start() -> None:
+    bindings = {"80/tcp": [{"HostIp": "", "HostPort": "8000-8010"}]}
+    assert forwards(inspect(bindings, {}, running=False)) == []  # Docker picks from the range at start
+    assert forwards(inspect(bindings, {"80/tcp": both_families("8004")})) == [("tcp", "127.0.0.1", 8004, 8004, False)]
+    loopback = {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8000-8010"}]}
+    assert forwards(inspect(loopback, {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8000"}]}), forward_bind="0.0.0.0") == [("tcp", "127.0.0.1", 8000, 8000, True)]
+
+
+def test_udp_and_tcp_on_one_host_port_are_two_forwards() -> None:
+    bindings = {"53/udp": [{"HostIp": "", "HostPort": "5353"}], "53/tcp": [{"HostIp": "", "HostPort": "5353"}]}
+    data = inspect(bindings, {"53/udp": both_families("5353"), "53/tcp": both_families("5353")})
+    assert forwards(data) == [("tcp", "127.0.0.1", 5353, 5353, False), ("udp", "127.0.0.1", 5353, 5353, False)]
+
+
+def test_sctp_is_not_forwarded() -> None:
+    data = inspect({"9000/sctp": [{"HostIp": "", "HostPort": "9000"}]}, {"9000/sctp": both_families("9000")})
+    assert forwards(data) == []
+
+
+def test_created_but_not_started_gets_only_fixed_ports() -> None:
+    bindings = {
+        "80/tcp": [{"HostIp": "", "HostPort": "3001"}],
+        "81/tcp": [{"HostIp": "", "HostPort": ""}],
+        "8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "3102"}],
+        "82/tcp": [{"HostIp": "", "HostPort": "9000-9010"}],
+    }
+    assert forwards(inspect(bindings, {}, running=False)) == [("tcp", "127.0.0.1", 3001, 3001, False), ("tcp", "127.0.0.1", 3102, 3102, True)]
+
+
+def test_no_ports() -> None:
+    assert forwards(inspect({}, {})) == []
+    assert forwards(inspect(None, None)) == []
+    # Exposed but not published: Docker lists the port with no bindings.
+    assert forwards(inspect({}, {"80/tcp": None})) == []
+    assert wanted_from_inspect({"Id": CONTAINER_ID}) == []
+
+
+def test_several_publishes_of_one_container() -> None:
+    bindings = {"80/tcp": [{"HostIp": "", "HostPort": "3001"}], "8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "3102"}], "443/tcp": [{"HostIp": "0.0.0.0", "HostPort": "3443"}]}
+    ports = {"80/tcp": both_families("3001"), "8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "3102"}], "443/tcp": [{"HostIp": "0.0.0.0", "HostPort": "3443"}]}
+    assert forwards(inspect(bindings, ports)) == [
+        ("tcp", "127.0.0.1", 3001, 3001, False),
+        ("tcp", "127.0.0.1", 3102, 3102, True),
+        ("tcp", "0.0.0.0", 3443, 3443, False),
+    ]
+
+
+def test_random_port_on_an_address_does_not_change_a_bare_publish() -> None:
+    """`-p 0.0.0.0::80 -p 3001:80`: 3001 was asked for bare, so it stays on loopback."""
+    bindings = {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": ""}, {"HostIp": "", "HostPort": "3001"}]}
+    ports = {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "49153"}, *both_families("3001")]}
+    assert forwards(inspect(bindings, ports)) == [("tcp", "127.0.0.1", 3001, 3001, False), ("tcp", "0.0.0.0", 49153, 49153, False)]
+
+
+def test_random_ports_bare_and_on_loopback() -> None:
+    """`-p 80 -p 127.0.0.1::80` on a machine that forwards bare ports on every interface."""
+    bindings = {"80/tcp": [{"HostIp": "", "HostPort": ""}, {"HostIp": "127.0.0.1", "HostPort": ""}]}
+    ports = {"80/tcp": [*both_families("49153"), {"HostIp": "127.0.0.1", "HostPort": "49154"}]}
+    assert forwards(inspect(bindings, ports), forward_bind="0.0.0.0") == [("tcp", "0.0.0.0", 49153, 49153, False), ("tcp", "127.0.0.1", 49154, 49154, True)]
+
+
+def test_random_port_on_loopback_alone() -> None:
+    bindings = {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]}
+    assert forwards(inspect(bindings, {}, running=False)) == []
+    ports = {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "49160"}]}
+    assert forwards(inspect(bindings, ports), forward_bind="0.0.0.0") == [("tcp", "127.0.0.1", 49160, 49160, True)]
+
+
+def test_container_name_falls_back_to_the_short_id() -> None:
+    data = inspect({"80/tcp": [{"HostIp": "", "HostPort": "3001"}]}, {"80/tcp": both_families("3001")}, name="")
+    assert wanted_from_inspect(data)[0].container_name == CONTAINER_ID[:12]
+
+
+# -- plan ----------------------------------------------------------------------------
+
+
+def want(host_ip: str, host_port: int, guest_port: int, protocol: str = "tcp", container: str = "c1") -> WantedForward:
+    return WantedForward(PortForward(protocol, host_ip, host_port, guest_port), container, container)
+
+
+def test_plan_adds_what_is_missing() -> None:
+    new = want("127.0.0.1", 3001, 3001)
+    assert plan([new], []) == Plan(add=[new], remove=[])
+
+
+def test_plan_removes_what_no_container_wants() -> None:
+    stale = PortForward("tcp", "127.0.0.1", 3001, 3001)
+    assert plan([], [stale]) == Plan(add=[], remove=[stale])
+
+
+def test_plan_keeps_what_is_already_right() -> None:
+    keep = want("127.0.0.1", 3001, 3001)
+    udp = want("0.0.0.0", 5353, 5353, "udp")
+    assert plan([keep, udp], [udp.forward, keep.forward]) == Plan(add=[], remove=[])
+
+
+@pytest.mark.parametrize(
+    "old",
+    [PortForward("tcp", "127.0.0.1", 3001, 9999), PortForward("tcp", "0.0.0.0", 3001, 3001)],
+    ids=["other guest port", "other host address"],
+)
+def test_plan_replaces_a_forward_whose_target_or_address_changed(old: PortForward) -> None:
+    new = want("127.0.0.1", 3001, 3001)
+    assert plan([new], [old]) == Plan(add=[new], remove=[old])
+
+
+def test_plan_same_port_other_protocol_is_separate() -> None:
+    tcp = PortForward("tcp", "127.0.0.1", 5353, 5353)
+    udp = want("127.0.0.1", 5353, 5353, "udp")
+    assert plan([udp], [tcp]) == Plan(add=[udp], remove=[tcp])
+
+
+def test_plan_first_claim_on_a_host_port_wins() -> None:
+    first = want("127.0.0.1", 3001, 3001, container="first")
+    second = want("127.0.0.1", 3001, 3001, container="second")
+    result = plan([first, second], [])
+    assert result.add == [first]
+    assert plan([first, second], [first.forward]) == Plan(add=[], remove=[])
+
+
+def test_plan_output_is_sorted_and_complete() -> None:
+    wanted = [want("127.0.0.1", p, p) for p in (3003, 3001, 3002)]
+    actual = [PortForward("tcp", "127.0.0.1", p, p) for p in (4002, 3002, 4001)]
+    result = plan(wanted, actual)
+    assert [w.forward.host_port for w in result.add] == [3001, 3003]
+    assert [f.host_port for f in result.remove] == [4001, 4002]
+
+
+def test_plan_from_inspect_end_to_end() -> None:
+    """A container moved from -p 3001:80 to -p 0.0.0.0:3001:80 and also publishes 53/udp."""
+    before = [w.forward for w in wanted_from_inspect(BARE)]
+    after = inspect(
+        {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "3001"}], "53/udp": [{"HostIp": "", "HostPort": "5353"}]},
+        {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "3001"}], "53/udp": both_families("5353")},
+    )
+    result = plan(wanted_from_inspect(after), before)
+    assert result.remove == [PortForward("tcp", "127.0.0.1", 3001, 3001)]
+    assert [w.forward for w in result.add] == [PortForward("tcp", "0.0.0.0", 3001, 3001), PortForward("udp", "127.0.0.1", 5353, 5353)]

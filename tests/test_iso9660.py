@@ -1,0 +1,288 @@
+"""The ISO 9660 writer (boot image and config medium) and the config medium itself."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import stat
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from machine.certs import SSHKeyPair
+from machine.configmedium import SIZE, VOLUME_ID, config_medium, write_config_medium
+from machine.iso9660 import SECTOR, IsoWriter, iso_name, read_files, volume_id
+
+STAMP = 1_700_000_000  # 2023-11-14 22:13:20 UTC
+BOOT = bytes(range(256)) * 9 + b"odd"  # 2307 bytes: not a multiple of 4, spans two sectors
+
+
+def files() -> dict[str, bytes]:
+    out = {
+        "hostname": b"dev\n",
+        "a/top.bin": b"\x00\x01\x02",
+        "a/b/c/deep.txt": b"deep down\n",
+        "a/b/sibling": b"s" * 5000,  # three sectors
+        "empty": b"",
+        "my-key": b"hyphen becomes underscore",
+        "isolinux/isolinux.bin": BOOT,
+        "isolinux/isolinux.cfg": b"default linux\n",
+    }
+    # Enough entries that the folder's records need more than one sector.
+    for i in range(90):
+        out[f"many/file_{i:03d}.dat"] = f"content {i}".encode()
+    return out
+
+
+def build(volume: str = "PYMACHINE", boot: bool = True, order: list[str] | None = None, timestamp: float = STAMP, **write) -> bytes:
+    writer = IsoWriter(volume, timestamp=timestamp)
+    content = files()
+    for path in order or list(content):
+        writer.add_file(path, content[path])
+    if boot:
+        writer.set_boot("isolinux/isolinux.bin", load_sectors=4)
+    return writer.write(**write)
+
+
+def u32(data: bytes, offset: int) -> int:
+    return struct.unpack_from("<I", data, offset)[0]
+
+
+def pvd(image: bytes) -> bytes:
+    return image[16 * SECTOR : 17 * SECTOR]
+
+
+# -- reading back --------------------------------------------------------------------
+
+
+def test_files_in_nested_folders_read_back() -> None:
+    image = build(boot=False)
+    found = read_files(image)
+    expected = {path.replace("-", "_"): data for path, data in files().items()}
+    assert found == expected
+
+
+def test_boot_file_reads_back_with_its_info_table_patched_in() -> None:
+    found = read_files(build())
+    boot = found.pop("isolinux/isolinux.bin")
+    assert len(boot) == len(BOOT)
+    assert boot[:8] == BOOT[:8] and boot[64:] == BOOT[64:]
+    assert boot[8:64] != BOOT[8:64]
+    assert found["a/b/c/deep.txt"] == b"deep down\n"
+
+
+def test_same_inputs_give_the_same_bytes_in_any_order() -> None:
+    names = list(files())
+    first = build()
+    assert build() == first
+    assert build(order=list(reversed(names))) == first
+    assert build(timestamp=STAMP + 60) != first
+
+
+def test_volume_id_and_primary_descriptor_fields() -> None:
+    image = build(volume="PMCONFIG", boot=False)
+    assert volume_id(image[: 17 * SECTOR]) == "PMCONFIG"
+    descriptor = pvd(image)
+    assert descriptor[:8] == b"\x01CD001\x01\x00"
+    assert descriptor[40:72] == b"PMCONFIG".ljust(32)
+    # Both-endian fields: volume space size, block size.
+    sectors = u32(descriptor, 80)
+    assert descriptor[84:88] == struct.pack(">I", sectors)
+    assert sectors * SECTOR == len(image)
+    assert struct.unpack_from("<H", descriptor, 128)[0] == SECTOR
+    assert descriptor[813:829] == b"2023111422132000"  # creation date from the timestamp
+    assert descriptor[881] == 1
+    # The set terminator follows.
+    assert image[17 * SECTOR : 17 * SECTOR + 6] == b"\xffCD001"
+
+
+@pytest.mark.parametrize("min_size, sectors", [(0, None), (64 * 1024, 32), (1 << 20, 512), (1 + (1 << 20), 513)])
+def test_min_size_pads_with_zeros(min_size: int, sectors: int | None) -> None:
+    plain = build(volume="PMCONFIG", boot=False)
+    image = build(volume="PMCONFIG", boot=False, min_size=min_size)
+    if sectors is None or sectors * SECTOR <= len(plain):
+        assert image == plain
+        return
+    assert len(image) == sectors * SECTOR
+    assert image[: len(plain)][: 16 * SECTOR] == plain[: 16 * SECTOR]
+    assert u32(pvd(image), 80) == sectors  # the volume size covers the padding
+    assert image[len(plain) :] == b"\0" * (len(image) - len(plain))
+    assert read_files(image) == read_files(plain)
+
+
+def test_small_image_smaller_than_min_size_keeps_its_content() -> None:
+    writer = IsoWriter("TINY", timestamp=STAMP)
+    writer.add_file("x", b"1")
+    tiny = writer.write()
+    assert len(tiny) < 64 * 1024
+    writer = IsoWriter("TINY", timestamp=STAMP)
+    writer.add_file("x", b"1")
+    assert read_files(writer.write(min_size=64 * 1024)) == {"x": b"1"}
+
+
+# -- El Torito -----------------------------------------------------------------------
+
+
+def test_el_torito_boot_record_and_catalog() -> None:
+    image = build()
+    record = image[17 * SECTOR : 18 * SECTOR]
+    assert record[:7] == b"\x00CD001\x01"
+    assert record[7:39] == b"EL TORITO SPECIFICATION".ljust(32, b"\0")
+    catalog_lba = u32(record, 0x47)
+    assert image[18 * SECTOR : 18 * SECTOR + 6] == b"\xffCD001"  # terminator after the boot record
+
+    catalog = image[catalog_lba * SECTOR : (catalog_lba + 1) * SECTOR]
+    validation, entry = catalog[:32], catalog[32:64]
+    assert validation[0] == 1  # header id
+    assert validation[1] == 0  # platform: x86
+    assert validation[30:32] == b"\x55\xaa"
+    assert sum(struct.unpack("<16H", validation)) & 0xFFFF == 0
+    assert entry[0] == 0x88  # bootable
+    assert entry[1] == 0  # no emulation
+    assert struct.unpack_from("<H", entry, 6)[0] == 4  # sectors loaded
+    boot_lba = u32(entry, 8)
+    assert catalog[64:] == b"\0" * (SECTOR - 64)
+
+    # The catalog points at isolinux.bin.
+    boot = image[boot_lba * SECTOR : boot_lba * SECTOR + len(BOOT)]
+    assert boot[:8] == BOOT[:8] and boot[64:] == BOOT[64:]
+
+
+def test_boot_info_table_values_and_checksum() -> None:
+    image = build()
+    catalog_lba = u32(image, 17 * SECTOR + 0x47)
+    boot_lba = u32(image, catalog_lba * SECTOR + 32 + 8)
+    boot = image[boot_lba * SECTOR : boot_lba * SECTOR + len(BOOT)]
+    pvd_lba, file_lba, length, checksum = struct.unpack_from("<IIII", boot, 8)
+    assert pvd_lba == 16
+    assert file_lba == boot_lba
+    assert length == len(BOOT)
+    body = BOOT[64:] + b"\0" * (-len(BOOT) % 4)
+    assert checksum == sum(struct.unpack(f"<{len(body) // 4}I", body)) & 0xFFFFFFFF
+    assert boot[24:64] == b"\0" * 40
+
+
+def test_boot_file_too_small_for_a_boot_info_table() -> None:
+    writer = IsoWriter("BOOT", timestamp=STAMP)
+    writer.add_file("isolinux/isolinux.bin", b"\xfa" * 63)
+    writer.set_boot("isolinux/isolinux.bin")
+    with pytest.raises(ValueError, match="too small"):
+        writer.write()
+
+
+# -- names ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, directory, expected",
+    [
+        ("hostname", False, "HOSTNAME."),
+        ("ssh_host_ed25519_key", False, "SSH_HOST_ED25519_KEY."),
+        ("isolinux.cfg", False, "ISOLINUX.CFG"),
+        ("my-file.tar", False, "MY_FILE.TAR"),
+        ("isolinux", True, "ISOLINUX"),
+        ("x" * 30, True, "X" * 30),
+        ("x" * 30, False, "X" * 30 + "."),
+    ],
+)
+def test_iso_names(name: str, directory: bool, expected: str) -> None:
+    assert iso_name(name, directory=directory) == expected
+
+
+@pytest.mark.parametrize(
+    "name, directory",
+    [
+        ("has space", False),
+        ("two.dots.txt", False),
+        ("ünïcode", False),
+        ("x" * 31, False),
+        ("x" * 31, True),
+        ("dir.d", True),
+        ("", False),
+        ("semi;1", False),
+        ("name.\n", False),
+        ("dir\n", True),
+    ],
+)
+def test_bad_names_are_rejected(name: str, directory: bool) -> None:
+    with pytest.raises(ValueError, match="ISO 9660 name"):
+        iso_name(name, directory=directory)
+
+
+def test_bad_paths_are_rejected_when_added() -> None:
+    writer = IsoWriter("X")
+    with pytest.raises(ValueError):
+        writer.add_file("bad dir/file", b"")
+    with pytest.raises(ValueError):
+        writer.add_file("dir/bad name", b"")
+
+
+@pytest.mark.parametrize("volume", ["", "pmconfig", "PM CONFIG", "X" * 33, "PMCONFIG\n", "PM-CONFIG"])
+def test_bad_volume_ids_are_rejected(volume: str) -> None:
+    with pytest.raises(ValueError, match="volume id"):
+        IsoWriter(volume)
+
+
+# -- cross-checks with independent readers ---------------------------------------------
+
+
+def test_pycdlib_reads_the_image() -> None:
+    pycdlib = pytest.importorskip("pycdlib")
+    image = build()
+    iso = pycdlib.PyCdlib()
+    iso.open_fp(io.BytesIO(image))
+    try:
+        assert iso.pvd.volume_identifier.strip() == b"PYMACHINE"
+        for path, iso_path in [("a/b/c/deep.txt", "/A/B/C/DEEP.TXT;1"), ("a/b/sibling", "/A/B/SIBLING.;1"), ("many/file_089.dat", "/MANY/FILE_089.DAT;1")]:
+            out = io.BytesIO()
+            iso.get_file_from_iso_fp(out, iso_path=iso_path)
+            assert out.getvalue() == files()[path]
+        assert iso.eltorito_boot_catalog is not None
+        assert iso.eltorito_boot_catalog.initial_entry.load_rba == u32(image, u32(image, 17 * SECTOR + 0x47) * SECTOR + 40)
+        names = sorted(c.file_identifier() for c in iso.list_children(iso_path="/MANY"))
+        assert len(names) == 92  # 90 files, "." and ".."
+    finally:
+        iso.close()
+
+
+@pytest.mark.skipif(shutil.which("xorriso") is None, reason="xorriso is not installed")
+def test_xorriso_agrees(tmp_path: Path) -> None:
+    path = tmp_path / "boot.iso"
+    path.write_bytes(build())
+    done = subprocess.run(["xorriso", "-indev", str(path), "-report_el_torito", "plain", "-find", "/"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert "Volume id    : 'PYMACHINE'" in done.stderr + done.stdout
+    listing = done.stdout
+    assert "'/A/B/C/DEEP.TXT'" in listing and "'/ISOLINUX/ISOLINUX.BIN'" in listing
+    report = done.stdout + done.stderr
+    assert "El Torito img path :   1  /ISOLINUX/ISOLINUX.BIN" in report
+    assert "boot-info-table" in report
+
+
+# -- the config medium ---------------------------------------------------------------
+
+
+def test_config_medium_contents_and_size() -> None:
+    pair = SSHKeyPair.generate("pymachine@dev")
+    host = SSHKeyPair.generate("root@dev")
+    image = config_medium("dev", pair.public_line + "\n\n", host.private_pem)
+    assert VOLUME_ID == "PMCONFIG"
+    assert volume_id(image[: 17 * SECTOR]) == "PMCONFIG"
+    assert len(image) >= 64 * 1024  # busybox findfs ignores smaller devices
+    assert len(image) == SIZE
+    assert read_files(image) == {
+        "hostname": b"dev\n",
+        "authorized_keys": pair.public_line.encode() + b"\n",
+        "ssh_host_ed25519_key": host.private_pem,
+    }
+
+
+def test_config_medium_on_disk_is_0600(tmp_path: Path) -> None:
+    host = SSHKeyPair.generate("root@dev")
+    path = tmp_path / "config.iso"
+    write_config_medium(path, "dev", "ssh-ed25519 AAAA test", host.private_pem)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert read_files(path.read_bytes())["ssh_host_ed25519_key"] == host.private_pem
+    assert [p.name for p in tmp_path.iterdir()] == ["config.iso"]

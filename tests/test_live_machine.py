@@ -1,0 +1,165 @@
+"""A real machine, end to end, through the `pymachine` and `docker` commands:
+create, docker through `env`, stop and start, security, and rm leaving nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from machine.procs import alive, read_pidfile
+
+from .conftest import image_cache
+from .contract import wait_for
+from .live import CLI, program
+
+pytestmark = [pytest.mark.live, pytest.mark.timeout(900)]
+NAME = "e2e"
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory: pytest.TempPathFactory, boot_image, busybox_rootfs: Path, docker_config):
+    cli = CLI(tmp_path_factory.mktemp("store"), image_cache())
+    cli.rootfs = busybox_rootfs
+    yield cli
+    # Whatever a failed test left: no VM or watcher may outlive the module.
+    cli.pm("rm", "-f", "-y", NAME, check=False)
+
+
+def test_create_gives_a_working_docker(cli: CLI) -> None:
+    created = cli.pm("create", NAME, "-o", "restrict-network=true", "--memory", "1536")
+    assert "Waiting for SSH" in created.stderr and "Waiting for Docker" in created.stderr
+    assert cli.pm("status", NAME).stdout.strip() == "Running"
+    rows = json.loads(cli.pm("ls", "--format", "json").stdout)
+    assert [(r["Name"], r["State"], r["Driver"]) for r in rows] == [(NAME, "Running", "qemu")]
+    assert rows[0]["URL"].startswith("tcp://127.0.0.1:")
+
+    cli.docker(NAME, "import", str(cli.rootfs), "busybox-local:latest")
+    out = cli.docker(NAME, "run", "--rm", "busybox-local", "echo", "hello from the guest").stdout
+    assert out.strip() == "hello from the guest"
+    info = json.loads(cli.docker(NAME, "info", "--format", "{{json .}}").stdout)
+    assert "provider=qemu" in info["Labels"]
+    assert info["OperatingSystem"].startswith("pymachine")
+
+
+def test_docker_context_and_config_flags(cli: CLI) -> None:
+    env = {k: v for k, v in cli.env.items() if not k.startswith("DOCKER_") or k == "DOCKER_CONFIG"}
+    by_context = subprocess.run([program("docker"), "--context", f"pymachine-{NAME}", "images", "--format", "{{.Repository}}"], env=env, capture_output=True, text=True, check=True)
+    assert "busybox-local" in by_context.stdout
+    flags = cli.pm("config", NAME).stdout.split()
+    by_flags = subprocess.run([program("docker"), *[f.replace('"', "") for f in flags], "version", "--format", "{{.Server.Version}}"], env=env, capture_output=True, text=True, check=True)
+    assert by_flags.stdout.strip().startswith("20.10")
+    cli.pm("use", NAME)
+    assert cli.pm("active").stdout.strip() == NAME
+
+
+def test_env_for_every_shell(cli: CLI) -> None:
+    url = cli.pm("url", NAME).stdout.strip()
+    assert cli.pm("env", NAME, "--shell", "fish").stdout.count("set -gx") == 4
+    assert f"$Env:DOCKER_HOST = \"{url}\"" in cli.pm("env", NAME, "--shell", "powershell").stdout
+    assert f"SET DOCKER_HOST={url}" in cli.pm("env", NAME, "--shell", "cmd").stdout
+    assert "unset DOCKER_HOST" in cli.pm("env", "--unset").stdout
+    assert cli.pm("ip", NAME).stdout.strip() == "127.0.0.1"
+
+
+def test_ssh_scp_and_exit_codes(cli: CLI, tmp_path: Path) -> None:
+    assert cli.pm("ssh", NAME, "--", "exit", "3", check=False).returncode == 3
+    assert cli.pm("ssh", NAME, "uname -r").stdout.strip().endswith("amd64")
+    source = tmp_path / "payload.bin"
+    source.write_bytes(os.urandom(300_000))
+    cli.pm("scp", str(source), f"{NAME}:/tmp/payload.bin")
+    back = tmp_path / "back.bin"
+    cli.pm("scp", f"{NAME}:/tmp/payload.bin", str(back))
+    assert back.read_bytes() == source.read_bytes()
+
+
+def test_start_of_a_running_machine_is_refused(cli: CLI) -> None:
+    done = cli.pm("start", NAME, check=False)
+    assert done.returncode == 1
+    assert done.stderr.startswith("Error: Machine 'e2e' is already running")
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_client_without_the_client_certificate_is_refused(cli: CLI) -> None:
+    port = int(cli.pm("url", NAME).stdout.strip().rsplit(":", 1)[1])
+    certs = cli.machine_dir(NAME)
+    context = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
+            with context.wrap_socket(sock, server_hostname="127.0.0.1") as tls:
+                tls.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
+                if not tls.recv(100):
+                    raise ConnectionResetError("closed without an answer")
+    # And with the certificate the same request works.
+    context.load_cert_chain(str(certs / "cert.pem"), str(certs / "key.pem"))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        with context.wrap_socket(sock, server_hostname="127.0.0.1") as tls:
+            tls.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
+            assert b"OK" in tls.recv(1000)
+
+
+def test_ssh_refuses_a_host_key_mismatch(cli: CLI) -> None:
+    pub = cli.machine_dir(NAME) / "ssh_host_ed25519_key.pub"
+    original = pub.read_text()
+    from machine.certs import SSHKeyPair
+
+    pub.write_text(SSHKeyPair.generate("other").public_line + "\n")
+    try:
+        done = cli.pm("ssh", NAME, "true", check=False)
+        assert done.returncode == 1
+        assert "host key differs" in done.stderr
+    finally:
+        pub.write_text(original)
+
+
+def test_stop_and_start_keep_images_and_containers(cli: CLI) -> None:
+    cli.docker(NAME, "create", "--name", "kept", "busybox-local", "true")
+    cli.pm("stop", NAME)
+    assert cli.pm("status", NAME).stdout.strip() == "Stopped"
+    assert read_pidfile(cli.machine_dir(NAME) / "watcher.pid") is None, "the watcher stops with the machine"
+    cli.pm("start", NAME)
+    images = cli.docker(NAME, "images", "--format", "{{.Repository}}").stdout.split()
+    assert "busybox-local" in images
+    assert "kept" in cli.docker(NAME, "ps", "-a", "--format", "{{.Names}}").stdout.split()
+
+
+def test_rm_leaves_nothing(cli: CLI) -> None:
+    directory = cli.machine_dir(NAME)
+    qemu = read_pidfile(directory / "qemu.pid")
+    watcher = read_pidfile(directory / "watcher.pid")
+    assert qemu and alive(qemu)
+    cli.pm("rm", "-y", NAME)
+    assert not directory.exists()
+    assert wait_for(lambda: not alive(qemu), timeout=10)
+    assert watcher is None or wait_for(lambda: not alive(watcher), timeout=10)
+    contexts = subprocess.run([program("docker"), "context", "ls", "--format", "{{.Name}}"], env=cli.env, capture_output=True, text=True, check=True).stdout
+    assert f"pymachine-{NAME}" not in contexts
+    assert cli.pm("ls", "-q").stdout.strip() == ""
+
+
+def test_interrupted_create_is_marked_error_and_cleaned_by_rm(cli: CLI) -> None:
+    """Ctrl-C (SIGINT) or a kill (SIGTERM) in the middle of create leaves no VM running."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        name = f"cut{int(sig)}"
+        proc = subprocess.Popen([program("pymachine"), "create", name, "-o", "restrict-network=true"], env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        pidfile = cli.machine_dir(name) / "qemu.pid"
+        assert wait_for(lambda: read_pidfile(pidfile) is not None, timeout=60), "QEMU never started"
+        qemu = read_pidfile(pidfile)
+        time.sleep(1.0)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1, err
+        assert "interrupted" in err and f"pymachine rm -f {name}" in err
+        assert "Traceback" not in err
+        assert wait_for(lambda: not alive(qemu), timeout=15), "the VM process outlived the interrupted create"
+        assert cli.pm("status", name).stdout.strip() == "Error"
+        cli.pm("rm", "-f", "-y", name)
+        assert not cli.machine_dir(name).exists()
