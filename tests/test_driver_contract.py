@@ -40,7 +40,7 @@ def qemu_harness(tmp_path: Path, request: pytest.FixtureRequest) -> Harness:
 
 
 #: name -> factory(tmp_path, request) -> Harness. The VirtualBox and Parallels drivers
-#: add theirs (through their fakes) in test_driver_contract_fakes.py.
+#: add theirs (through their fakes) in fake_harnesses.py.
 HARNESSES: dict[str, Callable[[Path, pytest.FixtureRequest], Harness]] = {"qemu": qemu_harness}
 LIVE = {"qemu"}
 

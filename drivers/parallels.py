@@ -1,0 +1,510 @@
+"""The Parallels Desktop driver (macOS; the Pro or Business edition, which has prlctl).
+
+SSH (guest 22), the Docker TLS port (guest 2376) and container ports are NAT rules of
+Parallels' Shared network: `prlsrvctl net set Shared --nat-tcp-add NAME,HOSTPORT,VM,GUESTPORT`.
+Those rules belong to the host, not to the VM, so their names carry the VM's identity:
+
+    pm-<machine>-<first 8 hex digits of the VM's uuid>-ssh | -docker | -tcp-8080 | -udp-53
+
+(a forward asked for 0.0.0.0 ends in `-any`). The ssh and docker rules exist while the VM
+runs and go when it stops, so a stopped machine holds no host port.
+
+Host address, honestly: a Parallels NAT rule has no host address. As far as its
+documentation and tools show, it listens on every interface of the host, so every
+forward, SSH and Docker included, can also be reached from the network (SSH needs the
+machine's key, Docker its client certificate). pymachine keeps the address that was
+asked for in the rule's name and reports it back, but cannot make Parallels bind only
+127.0.0.1; docs/drivers.md says so too.
+
+Files in the machine's folder:
+    parallels/NAME.pvm   the VM bundle (settings, and the data disk harddisk.hdd)
+    parallels.json       the VM's uuid, so `rm` can remove its NAT rules even without the VM
+    serial.log           the guest's console for this boot (serial.log.1: the previous one)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from machine.driver import Driver, DriverOptions, Endpoint, Feature, HostReport, MachineSpec, PortForward, State, option
+from machine.errors import CommandFailed, DriverError, DriverNotAvailable, MachineStateError, PortUnavailable
+from machine.runner import Completed, Runner
+
+INSTALL_HINT = "Install Parallels Desktop Pro or Business edition (macOS): https://www.parallels.com/products/desktop/"
+MIN_MAJOR = 11
+EDITIONS = ("pro", "business")
+GUEST_SSH_PORT = 22
+GUEST_DOCKER_PORT = 2376
+ADAPTER_TYPES = ("virtio", "e1000", "rtl")
+#: prlctl's words for a VM it does not know (exit status 255).
+NOT_FOUND = "The virtual machine could not be found"
+#: prlctl now and then cannot reach the Parallels service for a moment (vagrant-parallels
+#: retries this): worth another try.
+LOGIN_FAILED = "Login failed:"
+LOGIN_ATTEMPTS = 4
+
+#: `prlctl list --output status` words, as pymachine States.
+VM_STATES: dict[str, State] = {
+    "running": State.RUNNING,
+    "paused": State.PAUSED,
+    "suspended": State.SAVED,
+    "stopping": State.STOPPING,
+    "stopped": State.STOPPED,
+    "starting": State.STARTING,
+    "resuming": State.STARTING,
+    "restoring": State.STARTING,
+    "continuing": State.STARTING,
+    "resetting": State.STARTING,
+    "suspending": State.STOPPING,
+    "pausing": State.STOPPING,
+    "invalid": State.ERROR,
+}
+#: Statuses in which the VM runs (or is on its way up or down): stop and kill act on them.
+LIVE_STATUSES = frozenset({"running", "paused", "stopping", "starting", "resuming", "restoring", "continuing", "resetting", "suspending", "pausing"})
+_VERSION = re.compile(r"(\d+)\.(\d+)\.(\d+)")
+_EDITION = re.compile(r'edition="([^"]*)"')
+
+
+@dataclass
+class ParallelsOptions(DriverOptions):
+    network: str = option("Shared", "The Parallels network whose NAT carries SSH, Docker and the forwards")
+    adapter_type: str = option("virtio", "The network adapter model: virtio, e1000 or rtl")
+    nested_virt: bool = option(False, "Let the guest use hardware virtualization itself (--nested-virt on)")
+
+
+@dataclass(frozen=True)
+class NatRule:
+    """One rule of the network's NAT, as `prlsrvctl net info --json` shows it."""
+
+    name: str
+    protocol: str
+    source_port: int
+    destination: str  # the VM's uuid (or an IP address)
+    destination_port: int
+
+
+class ParallelsDriver(Driver):
+    """Parallels Desktop Pro/Business; its NAT forwards listen on every host interface, not only 127.0.0.1."""
+
+    name = "parallels"
+    options_class = ParallelsOptions
+    features = frozenset(
+        {
+            Feature.RUNTIME_FORWARDS,
+            Feature.STOPPED_FORWARDS,
+            Feature.UDP_FORWARDS,
+            Feature.ANY_HOST_ADDRESS,
+            Feature.SERIAL_LOG,
+        }
+    )
+    options: ParallelsOptions
+    #: seconds between looks at the state while the guest shuts down
+    poll_interval = 0.5
+    #: seconds between retries when prlctl could not reach the Parallels service (tests set 0)
+    retry_pause = 1.0
+
+    def __init__(self, spec: MachineSpec, options: DriverOptions, runner: Runner, client_role: str = "cli") -> None:
+        super().__init__(spec, options, runner, client_role)
+        self._uuid: str | None = None
+
+    # -- paths and names -------------------------------------------------------------------
+
+    @property
+    def vm(self) -> str:
+        return self.spec.name
+
+    @property
+    def destination(self) -> Path:
+        return self.spec.directory / "parallels"
+
+    @property
+    def identity_file(self) -> Path:
+        return self.spec.directory / "parallels.json"
+
+    @property
+    def console(self) -> Path:
+        """Where Parallels writes the guest's serial console."""
+        return self.spec.directory / "serial.log"
+
+    def serial_log(self) -> Path | None:
+        return self.console
+
+    def _prefix(self, uuid: str) -> str:
+        return f"pm-{self.vm}-{_bare(uuid)[:8]}-"
+
+    def rule_name(self, uuid: str, forward: PortForward) -> str:
+        suffix = "-any" if forward.host_ip == "0.0.0.0" else ""
+        return f"{self._prefix(uuid)}{forward.protocol}-{forward.host_port}{suffix}"
+
+    def system_rules(self, uuid: str) -> list[NatRule]:
+        prefix = self._prefix(uuid)
+        return [
+            NatRule(prefix + "ssh", "tcp", self.spec.ssh_port, uuid, GUEST_SSH_PORT),
+            NatRule(prefix + "docker", "tcp", self.spec.docker_port, uuid, GUEST_DOCKER_PORT),
+        ]
+
+    # -- the tools ----------------------------------------------------------------------
+
+    def _prlctl(self, *args: str, timeout: float = 120) -> Completed:
+        return self._retrying(["prlctl", *args], timeout)
+
+    def _prlsrvctl(self, *args: str, timeout: float = 60) -> Completed:
+        return self._retrying(["prlsrvctl", *args], timeout)
+
+    def _retrying(self, argv: list[str], timeout: float) -> Completed:
+        attempt = 1
+        while True:
+            try:
+                return self.runner.run(argv, timeout=timeout)
+            except CommandFailed as exc:
+                if LOGIN_FAILED not in exc.stderr or attempt >= LOGIN_ATTEMPTS:
+                    raise
+            attempt += 1
+            time.sleep(self.retry_pause)
+
+    def _status(self) -> str | None:
+        """`prlctl list NAME --output status --no-header`, or None when there is no such VM."""
+        try:
+            out = self._prlctl("list", self.vm, "--output", "status", "--no-header", timeout=30).stdout
+        except CommandFailed as exc:
+            if NOT_FOUND in exc.stderr or NOT_FOUND in exc.stdout:
+                return None
+            raise self._explain("read the state of", exc) from None
+        return out.strip().split()[0] if out.strip() else "invalid"
+
+    def uuid(self) -> str:
+        """The VM's uuid (with braces, as prlctl prints it)."""
+        if self._uuid is None:
+            try:
+                listing = json.loads(_json_part(self._prlctl("list", "-a", "-j", timeout=30).stdout) or "[]")
+            except CommandFailed as exc:
+                raise self._explain("list the VMs for", exc) from None
+            found = next((vm for vm in listing if vm.get("name") == self.vm), None)
+            if found is None:
+                raise MachineStateError(f"The Parallels VM '{self.vm}' does not exist", f"Run `pymachine rm -f {self.vm}`, then create the machine again")
+            self._uuid = str(found["uuid"])
+        return self._uuid
+
+    def _saved_uuid(self) -> str | None:
+        try:
+            return json.loads(self.identity_file.read_text()).get("uuid") or None
+        except (OSError, ValueError):
+            return None
+
+    def _rules(self) -> list[NatRule]:
+        try:
+            out = self._prlsrvctl("net", "info", self.options.network, "--json", timeout=30).stdout
+        except CommandFailed as exc:
+            raise self._explain(f"read the rules of network '{self.options.network}' for", exc) from None
+        try:
+            info = json.loads(_json_part(out) or "{}")
+        except ValueError:
+            raise DriverError(f"prlsrvctl printed no JSON for network '{self.options.network}'", "Run `prlsrvctl net info Shared --json` to see what it says") from None
+        rules = []
+        nat = info.get("NAT server") or {}
+        for group, protocol in (("TCP rules", "tcp"), ("UDP rules", "udp")):
+            for name, params in (nat.get(group) or {}).items():
+                try:
+                    rules.append(NatRule(name, protocol, int(params["source port"]), str(params["destination IP/VM id"]), int(params["destination port"])))
+                except (KeyError, TypeError, ValueError):
+                    continue  # a rule shape this driver does not know: not one of its own
+        return rules
+
+    def _add_rules(self, rules: list[NatRule]) -> None:
+        if not rules:
+            return
+        args: list[str] = []
+        for rule in rules:
+            args += [f"--nat-{rule.protocol}-add", f"{rule.name},{rule.source_port},{rule.destination},{rule.destination_port}"]
+        try:
+            self._prlsrvctl("net", "set", self.options.network, *args)
+        except CommandFailed as exc:
+            if "already exists" in exc.stderr:
+                raise PortUnavailable(f"Parallels already has a NAT rule named like this machine's ({_last_line(exc)})", f"Run `prlsrvctl net info {self.options.network}` to see the rules") from None
+            raise self._explain("add NAT rules for", exc) from None
+
+    def _delete_rules(self, rules: list[NatRule]) -> None:
+        if not rules:
+            return
+        args: list[str] = []
+        for rule in rules:
+            args += [f"--nat-{rule.protocol}-del", rule.name]
+        try:
+            self._prlsrvctl("net", "set", self.options.network, *args)
+        except CommandFailed as exc:
+            raise self._explain("remove NAT rules of", exc) from None
+
+    def _explain(self, what: str, exc: CommandFailed) -> DriverError:
+        if NOT_FOUND in exc.stderr or NOT_FOUND in exc.stdout:
+            return MachineStateError(f"The Parallels VM '{self.vm}' does not exist", f"Run `pymachine rm -f {self.vm}`, then create the machine again")
+        return DriverError(f"Parallels could not {what} VM '{self.vm}': {_last_line(exc)}", f"Run `pymachine status {self.vm}`, and `prlctl list -a` for Parallels' view")
+
+    # -- contract -------------------------------------------------------------------------
+
+    @classmethod
+    def precheck(cls, runner: Runner, options: DriverOptions) -> None:
+        assert isinstance(options, ParallelsOptions)
+        validate_options(options)
+        check_parallels(runner)
+
+    @classmethod
+    def host_report(cls, runner: Runner) -> HostReport:
+        if runner.which("prlctl") is None:
+            return HostReport(False, accelerator="Parallels hypervisor", detail=INSTALL_HINT)
+        try:
+            version, edition = check_parallels(runner)
+        except DriverNotAvailable as exc:
+            return HostReport(True, "", "Parallels hypervisor", str(exc))
+        return HostReport(True, version, "Parallels hypervisor", f"{edition} edition; NAT forwards listen on every host interface")
+
+    def create(self) -> None:
+        validate_options(self.options)
+        if self._status() is not None:
+            raise MachineStateError(f"A Parallels VM named '{self.vm}' already exists", f"Run `prlctl delete {self.vm}` if it is a leftover, then create the machine again")
+        self.destination.mkdir(parents=True, exist_ok=True)
+        vm, spec = self.vm, self.spec
+        try:
+            self._prlctl("create", vm, "--distribution", "linux", "--dst", str(self.destination), "--no-hdd")
+            self._uuid = None
+            self.identity_file.write_text(json.dumps({"uuid": self.uuid()}) + "\n")
+            self._prlctl("set", vm, "--cpus", str(spec.cpus), "--memsize", str(spec.memory_mb), "--startup-view", "headless", "--device-bootorder", "cdrom0")
+            self._prlctl("set", vm, "--device-set", "cdrom0", "--image", str(spec.boot.iso), "--connect")
+            self._prlctl("set", vm, "--device-add", "cdrom", "--image", str(spec.config_medium), "--connect")
+            self._prlctl("set", vm, "--device-add", "hdd", "--size", str(spec.disk_mb))
+            self._prlctl("set", vm, "--device-set", "net0", "--type", "shared", "--adapter-type", self.options.adapter_type)
+            # The guest's console goes to a file, so `pymachine logs` works as with QEMU.
+            self._prlctl("set", vm, "--device-add", "serial", "--output", str(self.console))
+            if self.options.nested_virt:
+                self._prlctl("set", vm, "--nested-virt", "on")
+        except CommandFailed as exc:
+            raise DriverError(f"Parallels could not create VM '{vm}': {_last_line(exc)}", f"Run `pymachine rm -f {vm}` to clean up, then create it again") from None
+
+    def start(self) -> None:
+        status = self._status()
+        if status is None:
+            raise MachineStateError(f"The Parallels VM '{self.vm}' does not exist", f"Run `pymachine rm -f {self.vm}`, then create the machine again")
+        if status in LIVE_STATUSES:
+            raise MachineStateError(f"Machine '{self.vm}' is already running", f"Run `pymachine stop {self.vm}` first")
+        uuid = self.uuid()
+        self._delete_rules([r for r in self._rules() if r.name in {s.name for s in self.system_rules(uuid)}])
+        # Parallels listens on every interface and does not say when a port is taken.
+        for port in (self.spec.ssh_port, self.spec.docker_port):
+            if not host_port_free("tcp", port):
+                raise PortUnavailable(f"Host port {port} is already in use", "pymachine will pick another port")
+        self._add_rules(self.system_rules(uuid))
+        self._rotate_serial_log()
+        try:
+            self._prlctl("start", self.vm)
+        except CommandFailed as exc:
+            raise self._explain("start", exc) from None
+
+    def stop(self, timeout: float) -> None:
+        status = self._status()
+        if status is None:
+            return
+        if status == "running":
+            deadline = time.monotonic() + timeout
+            try:
+                # A graceful stop: prlctl waits for the guest, so it gets the whole timeout.
+                self._prlctl("stop", self.vm, timeout=max(timeout, 1.0))
+            except CommandFailed:
+                pass  # the guest ignored it, or prlctl gave up: --kill decides
+            while time.monotonic() < deadline and self._status() in LIVE_STATUSES:
+                time.sleep(self.poll_interval)
+        if self._status() in LIVE_STATUSES:
+            self._kill_now()
+        self._drop_system_rules()
+
+    def kill(self) -> None:
+        status = self._status()
+        if status is None:
+            return
+        if status in LIVE_STATUSES:
+            self._kill_now()
+        self._drop_system_rules()
+
+    def remove(self) -> None:
+        status = self._status()
+        if status is not None:
+            if status in LIVE_STATUSES:
+                self._kill_now()
+            try:
+                self._prlctl("delete", self.vm)
+            except CommandFailed as exc:
+                if NOT_FOUND not in exc.stderr:
+                    raise self._explain("delete", exc) from None
+        uuid = self._uuid or self._saved_uuid()
+        if uuid is not None:
+            prefix = self._prefix(uuid)
+            self._delete_rules([r for r in self._rules() if r.name.startswith(prefix)])
+        self._uuid = None
+        for path in (self.identity_file, self.console, self.console.with_name("serial.log.1")):
+            path.unlink(missing_ok=True)
+        shutil.rmtree(self.destination, ignore_errors=True)
+
+    def state(self) -> State:
+        status = self._status()
+        if status is None:
+            return State.NOT_FOUND
+        return VM_STATES.get(status, State.ERROR)
+
+    def ssh_endpoint(self) -> Endpoint:
+        return Endpoint("127.0.0.1", self.spec.ssh_port)
+
+    def docker_endpoint(self) -> Endpoint:
+        return Endpoint("127.0.0.1", self.spec.docker_port)
+
+    def add_forward(self, forward: PortForward) -> None:
+        if self._status() is None:
+            raise MachineStateError(f"The Parallels VM '{self.vm}' does not exist", f"Run `pymachine rm -f {self.vm}`, then create the machine again")
+        uuid = self.uuid()
+        wanted = NatRule(self.rule_name(uuid, forward), forward.protocol, forward.host_port, uuid, forward.guest_port)
+        rules = self._rules()
+        mine = self._forward_rules(rules, uuid)
+        same_key = [r for r, f in mine if f.key == forward.key]
+        if same_key == [wanted]:
+            return
+        self._delete_rules(same_key)
+        # The rules are global: another VM's rule on this port would take the traffic.
+        clash = next((r for r in rules if r.protocol == forward.protocol and r.source_port == forward.host_port and r not in same_key), None)
+        if clash is not None:
+            raise PortUnavailable(f"Host port {forward.host_port}/{forward.protocol} is already forwarded by Parallels NAT rule '{clash.name}'", f"Run `prlsrvctl net info {self.options.network}` to see the rules")
+        if not host_port_free(forward.protocol, forward.host_port):
+            raise PortUnavailable(f"Host port {forward.host_port}/{forward.protocol} is already in use", f"Run `pymachine ports {self.vm}` to see which forwards are blocked")
+        self._add_rules([wanted])
+
+    def remove_forward(self, forward: PortForward) -> None:
+        uuid = self._uuid or self._saved_uuid()
+        if uuid is None:
+            if self._status() is None:
+                return
+            uuid = self.uuid()
+        self._delete_rules([r for r, f in self._forward_rules(self._rules(), uuid) if f.key == forward.key])
+
+    def list_forwards(self) -> list[PortForward]:
+        uuid = self._uuid or self._saved_uuid()
+        if uuid is None:
+            if self._status() is None:
+                return []
+            uuid = self.uuid()
+        return sorted(f for _, f in self._forward_rules(self._rules(), uuid))
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "vm": self.vm,
+            "uuid": self._uuid or self._saved_uuid() or "",
+            "bundle": str(self.destination / f"{self.vm}.pvm"),
+            "network": self.options.network,
+            "serial_log": str(self.console),
+            "forwards_listen_on": "every host interface (Parallels NAT rules have no host address)",
+        }
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _forward_rules(self, rules: list[NatRule], uuid: str) -> list[tuple[NatRule, PortForward]]:
+        """This VM's container forwards among the network's rules, with what each carries."""
+        prefix = self._prefix(uuid)
+        found = []
+        for rule in rules:
+            if not rule.name.startswith(prefix) or _bare(rule.destination) != _bare(uuid):
+                continue
+            match = re.fullmatch(r"(tcp|udp)-(\d+)(-any)?", rule.name[len(prefix) :])
+            if match is None or match.group(1) != rule.protocol or int(match.group(2)) != rule.source_port:
+                continue  # the ssh and docker rules, or one this driver did not make
+            host_ip = "0.0.0.0" if match.group(3) else "127.0.0.1"
+            found.append((rule, PortForward(rule.protocol, host_ip, rule.source_port, rule.destination_port)))
+        return found
+
+    def _kill_now(self) -> None:
+        try:
+            self._prlctl("stop", self.vm, "--kill", timeout=60)
+        except CommandFailed as exc:
+            if self._status() in LIVE_STATUSES:
+                raise self._explain("power off", exc) from None
+
+    def _drop_system_rules(self) -> None:
+        uuid = self._uuid or self._saved_uuid()
+        if uuid is None:
+            return
+        names = {r.name for r in self.system_rules(uuid)}
+        self._delete_rules([r for r in self._rules() if r.name in names])
+
+    def _rotate_serial_log(self) -> None:
+        if self.console.exists() and self.console.stat().st_size:
+            os.replace(self.console, self.console.with_name("serial.log.1"))
+
+
+# -- module helpers ---------------------------------------------------------------------
+
+
+def validate_options(options: ParallelsOptions) -> None:
+    if options.adapter_type not in ADAPTER_TYPES:
+        raise DriverError(f"Unknown network adapter model '{options.adapter_type}'", "Use -o adapter-type=virtio, e1000 or rtl")
+    if not options.network or "," in options.network:
+        raise DriverError(f"Invalid Parallels network name '{options.network}'", "Use -o network=Shared")
+
+
+def check_parallels(runner: Runner) -> tuple[str, str]:
+    """(version, edition) of a usable Parallels Desktop, or DriverNotAvailable saying why not."""
+    runner.require("prlctl", INSTALL_HINT)
+    runner.require("prlsrvctl", INSTALL_HINT)
+    try:
+        out = runner.run(["prlctl", "--version"], timeout=10).stdout
+    except CommandFailed as exc:
+        raise DriverNotAvailable(f"`prlctl --version` failed: {_last_line(exc)}", INSTALL_HINT) from None
+    found = _VERSION.search(out)
+    if found is None:
+        raise DriverNotAvailable(f"`prlctl --version` printed no version: {out.strip()[:80]}", INSTALL_HINT)
+    version = found.group(0)
+    if int(found.group(1)) < MIN_MAJOR:
+        raise DriverNotAvailable(f"Parallels Desktop {version} is too old: pymachine needs {MIN_MAJOR} or newer", "Update Parallels Desktop, then run `pymachine doctor`")
+    try:
+        license_text = runner.run(["prlsrvctl", "info", "--license"], timeout=10).stdout
+    except CommandFailed as exc:
+        raise DriverNotAvailable(f"`prlsrvctl info --license` failed: {_last_line(exc)}", "Start Parallels Desktop once, then run `pymachine doctor`") from None
+    edition_match = _EDITION.search(license_text)
+    if edition_match is None:
+        raise DriverNotAvailable("Parallels Desktop reports no license edition", "Activate a Pro or Business license in Parallels Desktop, then run `pymachine doctor`")
+    edition = edition_match.group(1)
+    if edition.lower() not in EDITIONS:
+        raise DriverNotAvailable(
+            f"Parallels Desktop {edition} edition cannot be driven from the command line (prlctl needs Pro or Business)",
+            "Upgrade to Parallels Desktop Pro or Business, or use `pymachine create -d qemu`",
+        )
+    return version, edition
+
+
+def host_port_free(protocol: str, port: int) -> bool:
+    """True if every interface's `port` is free (a Parallels rule will listen on all of them)."""
+    kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as sock:
+        if protocol == "tcp":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def _bare(uuid: str) -> str:
+    return uuid.strip().strip("{}").lower()
+
+
+def _json_part(text: str) -> str:
+    """The JSON in prlctl's output, without anything printed around it."""
+    found = re.search(r"(\{.*\}|\[.*\])", text, re.S)
+    return found.group(1) if found else ""
+
+
+def _last_line(exc: CommandFailed) -> str:
+    lines = (exc.stderr.strip() or exc.stdout.strip()).splitlines()
+    return lines[-1] if lines else f"exit status {exc.returncode}"

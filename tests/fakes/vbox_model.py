@@ -1,0 +1,423 @@
+"""A fake VirtualBox host: what VBoxSVC keeps, shared by the fake VBoxManage program and
+the fake pyvbox COM objects, as the real VBoxManage and the real API share VBoxSVC.
+
+The state is a JSON file (its path in $PYMACHINE_FAKE_VBOX) so that separate processes
+(the driver's VBoxManage calls, the forward watcher, the test itself) see one host.
+Every change happens inside `FakeVirtualBox.transaction()`, under a lock file.
+
+Semantics and texts follow VirtualBox's sources and reports quoted in REFERENCE.md:
+NATEngine::addRedirect (name with ',' refused, duplicate name, duplicate host IP+port),
+removeRedirect of an unknown rule (E_INVALIDARG without text), LockMachine on a VM
+that runs ("is already locked for a session (or being unlocked)"), LaunchVMProcess on
+a VM that runs ("is already locked by a session (or being locked or unlocked)"),
+FindMachine ("Could not find a registered machine named '...'"), the transient
+"The object is not ready" (E_ACCESSDENIED), and the short VMState names.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+STATE_ENV = "PYMACHINE_FAKE_VBOX"
+
+E_INVALIDARG = 0x80070057
+E_ACCESSDENIED = 0x80070005
+VBOX_E_OBJECT_NOT_FOUND = 0x80BB0001
+VBOX_E_INVALID_VM_STATE = 0x80BB0002
+VBOX_E_FILE_ERROR = 0x80BB0004
+VBOX_E_INVALID_OBJECT_STATE = 0x80BB0007
+VBOX_E_OBJECT_IN_USE = 0x80BB000C
+
+#: How VBoxManage on Linux and macOS (XPCOM) names the result codes.
+CODE_NAMES = {
+    E_INVALIDARG: "NS_ERROR_INVALID_ARG",
+    E_ACCESSDENIED: "E_ACCESSDENIED",
+    VBOX_E_OBJECT_NOT_FOUND: "VBOX_E_OBJECT_NOT_FOUND",
+    VBOX_E_INVALID_VM_STATE: "VBOX_E_INVALID_VM_STATE",
+    VBOX_E_FILE_ERROR: "VBOX_E_FILE_ERROR",
+    VBOX_E_INVALID_OBJECT_STATE: "VBOX_E_INVALID_OBJECT_STATE",
+    VBOX_E_OBJECT_IN_USE: "VBOX_E_OBJECT_IN_USE",
+}
+#: What VBoxManage adds when a failure carries no text ("extended info not available").
+CODE_DESCRIPTIONS = {E_INVALIDARG: "Invalid argument value", E_ACCESSDENIED: "Access denied"}
+
+#: States in which a VM process holds the machine (a console exists).
+LIVE_STATES = {
+    "running",
+    "paused",
+    "gurumeditation",
+    "teleporting",
+    "livesnapshotting",
+    "onlinesnapshotting",
+    "deletingsnapshotlive",
+    "deletingsnapshotlivepaused",
+    "teleportingpausedvm",
+    "teleportingin",
+    "starting",
+    "stopping",
+    "saving",
+    "restoring",
+}
+
+DEFAULT_FAULTS: dict[str, Any] = {
+    "not_ready": 0,  # the next N machine operations fail with "The object is not ready"
+    "locked": 0,  # the next N write locks fail with "is already locked for a session"
+    "exit_zero": 0,  # the next N failing commands print their error but exit 0
+    "acpi": "shutdown",  # what the guest does with the power button: "shutdown" or "ignore"
+    "acpi_delay": 0.0,  # seconds the guest takes to power off after the button
+    "version_warning": "",  # a line VBoxManage --version prints before the version
+    "version_hang": 0.0,  # seconds VBoxManage --version takes to answer
+}
+
+
+class VBoxFault(Exception):
+    """VirtualBox refusing an operation, as its COM layer reports it."""
+
+    def __init__(self, code: int, text: str, component: str = "", interface: str = "", extended: bool = True) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+        self.component = component
+        self.interface = interface
+        self.extended = extended
+
+
+def not_found(name: str) -> VBoxFault:
+    return VBoxFault(VBOX_E_OBJECT_NOT_FOUND, f"Could not find a registered machine named '{name}'", "VirtualBoxWrap", "IVirtualBox")
+
+
+class Host:
+    """One loaded state of the fake host; its methods are VirtualBox's operations."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+
+    @property
+    def version(self) -> str:
+        return self.data["version"]
+
+    @property
+    def faults(self) -> dict[str, Any]:
+        return self.data["faults"]
+
+    def take(self, fault: str) -> bool:
+        """Use up one of the injected faults of that kind; True if there was one."""
+        if self.faults.get(fault, 0) > 0:
+            self.faults[fault] -= 1
+            return True
+        return False
+
+    # -- machines ------------------------------------------------------------------------
+
+    def machines(self) -> list[dict[str, Any]]:
+        return self.data["machines"]
+
+    def find(self, name_or_uuid: str) -> dict[str, Any]:
+        if self.take("not_ready"):
+            raise VBoxFault(E_ACCESSDENIED, "The object is not ready", "SessionMachine", "IMachine")
+        for machine in self.machines():
+            if name_or_uuid in (machine["name"], machine["uuid"]):
+                self._advance_guest(machine)
+                return machine
+        raise not_found(name_or_uuid)
+
+    def _advance_guest(self, machine: dict[str, Any]) -> None:
+        """A guest that got the power button shuts down after a while (unless it ignores it)."""
+        pressed = machine.get("acpi_pressed")
+        if pressed is None or self.faults.get("acpi") != "shutdown" or machine["state"] != "running":
+            return
+        if time.time() >= pressed + float(self.faults.get("acpi_delay", 0.0)):
+            self._serial(machine, "reboot: Power down")
+            self.set_state(machine, "poweroff")
+
+    def set_state(self, machine: dict[str, Any], state: str) -> None:
+        machine["state"] = state
+        machine["state_changed"] = time.strftime("%Y-%m-%dT%H:%M:%S.000000000", time.gmtime())
+        if state not in LIVE_STATES:
+            machine["acpi_pressed"] = None
+
+    def new_machine(self, name: str, base_folder: str, ostype: str = "Other") -> dict[str, Any]:
+        """createMachine: an unregistered machine with VirtualBox's defaults."""
+        if not name:
+            raise VBoxFault(E_INVALIDARG, "Machine name is invalid", "VirtualBoxWrap", "IVirtualBox")
+        settings = Path(base_folder) / name / f"{name}.vbox"
+        if settings.exists():
+            raise VBoxFault(VBOX_E_FILE_ERROR, f"Machine settings file '{settings}' already exists", "MachineWrap", "IMachine")
+        return {
+            "name": name,
+            "uuid": str(uuid.uuid4()),
+            "settings_file": str(settings),
+            "ostype": ostype or "Other",
+            "state": "poweroff",
+            "state_changed": time.strftime("%Y-%m-%dT%H:%M:%S.000000000", time.gmtime()),
+            "cpus": 1,
+            "memory": 128,
+            "firmware": "BIOS",
+            "acpi": "on",
+            "ioapic": "on",
+            "rtcuseutc": "off",
+            "hwvirtex": "on",
+            "nestedpaging": "on",
+            "biosbootmenu": "messageandmenu",
+            "boot": ["floppy", "dvd", "disk", "none"],
+            "nics": {"1": {"attachment": "nat", "type": "Am79C973", "cable": "on", "dnsproxy": "off", "mac": _mac(), "rules": []}},
+            "uarts": {},
+            "controllers": {},
+            "acpi_pressed": None,
+        }
+
+    def register(self, machine: dict[str, Any]) -> None:
+        if any(m["uuid"] == machine["uuid"] for m in self.machines()):
+            raise VBoxFault(VBOX_E_OBJECT_IN_USE, f"Machine '{machine['name']}' with UUID {{{machine['uuid']}}} already exists", "VirtualBoxWrap", "IVirtualBox")
+        settings = Path(machine["settings_file"])
+        if settings.exists():
+            raise VBoxFault(VBOX_E_FILE_ERROR, f"Machine settings file '{settings}' already exists", "MachineWrap", "IMachine")
+        (settings.parent / "Logs").mkdir(parents=True, exist_ok=True)
+        self.machines().append(machine)
+        self.save_settings(machine)
+
+    def save_settings(self, machine: dict[str, Any]) -> None:
+        settings = Path(machine["settings_file"])
+        if settings.parent.is_dir():
+            settings.write_text(json.dumps({k: v for k, v in machine.items() if k != "acpi_pressed"}, indent=1))
+
+    def write_lock(self, machine: dict[str, Any]) -> None:
+        """LockMachine(LockType_Write): refused while a VM process (or anyone) holds it."""
+        if self.take("locked") or machine["state"] in LIVE_STATES:
+            raise VBoxFault(VBOX_E_INVALID_OBJECT_STATE, f"The machine '{machine['name']}' is already locked for a session (or being unlocked)", "MachineWrap", "IMachine")
+
+    def has_console(self, machine: dict[str, Any]) -> bool:
+        return machine["state"] in LIVE_STATES
+
+    def start(self, machine: dict[str, Any]) -> None:
+        if machine["state"] in LIVE_STATES:
+            raise VBoxFault(VBOX_E_INVALID_OBJECT_STATE, f"The machine '{machine['name']}' is already locked by a session (or being locked or unlocked)", "MachineWrap", "IMachine")
+        for controller in machine["controllers"].values():
+            for attachment in controller["attachments"].values():
+                if not Path(attachment["medium"]).exists():
+                    path = attachment["medium"]
+                    raise VBoxFault(VBOX_E_FILE_ERROR, f"Could not open the medium '{path}'. VD: error VERR_FILE_NOT_FOUND opening image file '{path}' (VERR_FILE_NOT_FOUND)", "MediumWrap", "IMedium")
+        self.set_state(machine, "running")
+        self._serial(machine, f"Linux version 6.1.0 (fake VirtualBox guest {machine['name']})")
+
+    def press_power_button(self, machine: dict[str, Any]) -> None:
+        machine["acpi_pressed"] = time.time()
+        self._advance_guest(machine)
+
+    def power_off(self, machine: dict[str, Any]) -> None:
+        self.set_state(machine, "poweroff")
+
+    def discard_state(self, machine: dict[str, Any]) -> None:
+        if machine["state"] not in ("saved", "aborted-saved"):
+            raise VBoxFault(VBOX_E_INVALID_VM_STATE, f"Cannot discard the saved state as the machine is not in the saved state (machine state: {machine['state']})", "MachineWrap", "IMachine")
+        self.set_state(machine, "poweroff")
+
+    def unregister(self, machine: dict[str, Any]) -> list[str]:
+        """Unregister(DetachAllReturnHardDisksOnly): the hard disks it had."""
+        if machine["state"] in LIVE_STATES:
+            raise VBoxFault(VBOX_E_INVALID_OBJECT_STATE, f"Cannot unregister the machine '{machine['name']}' while it is locked", "MachineWrap", "IMachine")
+        disks = []
+        for controller in machine["controllers"].values():
+            for attachment in controller["attachments"].values():
+                if attachment["type"] == "hdd":
+                    disks.append(attachment["medium"])
+        self.machines().remove(machine)
+        return disks
+
+    def delete_config(self, machine: dict[str, Any], disks: list[str]) -> None:
+        """DeleteConfig: settings file, logs and the given hard disks go."""
+        for disk in disks:
+            Path(disk).unlink(missing_ok=True)
+            self.data["media"].pop(disk, None)
+        settings = Path(machine["settings_file"])
+        settings.unlink(missing_ok=True)
+        shutil.rmtree(settings.parent / "Logs", ignore_errors=True)
+        try:
+            settings.parent.rmdir()
+        except OSError:
+            pass
+
+    def _serial(self, machine: dict[str, Any], line: str) -> None:
+        uart = machine["uarts"].get("1")
+        if uart and uart.get("enabled") and uart.get("mode") == "file" and uart.get("path"):
+            try:
+                with open(uart["path"], "a") as handle:
+                    handle.write(line + "\n")
+            except OSError:
+                pass
+
+    # -- storage --------------------------------------------------------------------------
+
+    def add_controller(self, machine: dict[str, Any], name: str, bus: str) -> dict[str, Any]:
+        if name in machine["controllers"]:
+            raise VBoxFault(VBOX_E_OBJECT_IN_USE, f"Storage controller named '{name}' already exists", "MachineWrap", "IMachine")
+        types = {"sata": "IntelAhci", "ide": "PIIX4", "scsi": "LsiLogic", "sas": "LsiLogicSas", "virtio": "VirtioSCSI", "pcie": "NVMe"}
+        controller = {"bus": bus, "type": types.get(bus, "IntelAhci"), "hostiocache": "off", "attachments": {}}
+        machine["controllers"][name] = controller
+        return controller
+
+    def open_medium(self, path: str, kind: str) -> dict[str, Any]:
+        location = str(Path(path).absolute())
+        if not Path(location).is_file():
+            raise VBoxFault(VBOX_E_FILE_ERROR, f"Could not find file for the medium '{location}' (VERR_FILE_NOT_FOUND)", "MediumWrap", "IMedium")
+        medium = self.data["media"].setdefault(location, {"uuid": str(uuid.uuid4()), "kind": kind, "format": "VDI" if kind == "hdd" else "RAW"})
+        return medium
+
+    def attach(self, machine: dict[str, Any], controller: str, port: int, device: int, kind: str, path: str) -> None:
+        if controller not in machine["controllers"]:
+            raise VBoxFault(VBOX_E_OBJECT_NOT_FOUND, f"Could not find a storage controller named '{controller}'", "MachineWrap", "IMachine")
+        location = str(Path(path).absolute())
+        medium = self.open_medium(location, kind)
+        machine["controllers"][controller]["attachments"][f"{port}-{device}"] = {"type": kind, "medium": location, "uuid": medium["uuid"]}
+
+    def create_disk(self, path: str, size_mb: int, fmt: str) -> dict[str, Any]:
+        location = str(Path(path).absolute())
+        if Path(location).exists():
+            raise VBoxFault(
+                VBOX_E_FILE_ERROR,
+                f"Could not create the medium storage unit '{location}'.\nVDI: cannot create image '{location}' (VERR_ALREADY_EXISTS)",
+                "MediumWrap",
+                "IMedium",
+            )
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        with open(location, "wb") as handle:
+            # A dynamic VDI starts small: its header, no data blocks yet.
+            handle.write(b"<<< Oracle VM VirtualBox Disk Image >>>\n".ljust(512, b"\0"))
+        medium = {"uuid": str(uuid.uuid4()), "kind": "hdd", "format": fmt, "size_mb": size_mb}
+        self.data["media"][location] = medium
+        return medium
+
+    def close_disk(self, path: str, delete: bool) -> None:
+        location = str(Path(path).absolute())
+        users = [
+            m["name"]
+            for m in self.machines()
+            for c in m["controllers"].values()
+            for a in c["attachments"].values()
+            if a["medium"] == location
+        ]
+        if users:
+            raise VBoxFault(VBOX_E_OBJECT_IN_USE, f"Medium '{location}' cannot be closed because it is still attached to {len(users)} virtual machines", "MediumWrap", "IMedium")
+        if location not in self.data["media"] and not Path(location).is_file():
+            raise VBoxFault(VBOX_E_FILE_ERROR, f"Could not find file for the medium '{location}' (VERR_FILE_NOT_FOUND)", "MediumWrap", "IMedium")
+        self.data["media"].pop(location, None)
+        if delete:
+            Path(location).unlink(missing_ok=True)
+
+    # -- NAT rules (NATEngine::addRedirect / removeRedirect) ---------------------------------
+
+    def add_rule(self, machine: dict[str, Any], slot: str, rule: dict[str, Any]) -> None:
+        nic = machine["nics"][slot]
+        name = rule["name"] or f"{rule['proto']}_{rule['host_port']}_{rule['guest_port']}"
+        if "," in name:
+            raise VBoxFault(E_INVALIDARG, "',' - invalid character in NAT rule name", "NATEngineWrap", "INATEngine")
+        for existing in nic["rules"]:
+            if existing["name"] == name:
+                raise VBoxFault(E_INVALIDARG, "A NAT rule of this name already exists", "NATEngineWrap", "INATEngine")
+            if (existing["host_ip"], existing["host_port"], existing["proto"]) == (rule["host_ip"], rule["host_port"], rule["proto"]):
+                raise VBoxFault(E_INVALIDARG, "A NAT rule for this host port and this host IP already exists", "NATEngineWrap", "INATEngine")
+        nic["rules"].append({**rule, "name": name})
+        # VirtualBox keeps the rules in a map by name: they come back sorted.
+        nic["rules"].sort(key=lambda r: r["name"])
+
+    def remove_rule(self, machine: dict[str, Any], slot: str, name: str) -> None:
+        nic = machine["nics"][slot]
+        kept = [r for r in nic["rules"] if r["name"] != name]
+        if len(kept) == len(nic["rules"]):
+            raise VBoxFault(E_INVALIDARG, "", "NATEngineWrap", "INATEngine", extended=False)
+        nic["rules"] = kept
+
+
+class FakeVirtualBox:
+    """A handle on one fake host's state file, for the fakes and for tests."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.log_path = self.path.with_name(self.path.name + ".argv.log")
+
+    @classmethod
+    def from_environment(cls) -> FakeVirtualBox:
+        return cls(os.environ[STATE_ENV])
+
+    def initialise(self, version: str = "6.1.50", revision: str = "161033", **faults: Any) -> FakeVirtualBox:
+        """Write a fresh host: no VMs, no media, the given faults."""
+        data = {"version": version, "revision": revision, "machines": [], "media": {}, "faults": {**DEFAULT_FAULTS, **faults}}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(data, indent=1))
+        self.log_path.write_text("")
+        return self
+
+    @contextmanager
+    def transaction(self) -> Iterator[Host]:
+        """The host, locked against other processes; saved afterwards even when the
+        operation was refused, as a refusal still uses up the injected faults."""
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            host = Host(json.loads(self.path.read_text()))
+            try:
+                yield host
+            finally:
+                self._save(host)
+
+    def _save(self, host: Host) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(host.data, indent=1))
+        os.replace(tmp, self.path)
+
+    # -- for tests --------------------------------------------------------------------------
+
+    def read(self) -> dict[str, Any]:
+        return json.loads(self.path.read_text())
+
+    def set_faults(self, **faults: Any) -> None:
+        with self.transaction() as host:
+            host.faults.update(faults)
+
+    def machine(self, name: str) -> dict[str, Any] | None:
+        return next((m for m in self.read()["machines"] if m["name"] == name), None)
+
+    def set_vm_state(self, name: str, state: str) -> None:
+        with self.transaction() as host:
+            for machine in host.machines():
+                if machine["name"] == name:
+                    host.set_state(machine, state)
+
+    def add_rule_by_hand(self, name: str, rule: dict[str, Any]) -> None:
+        """A rule someone made outside pymachine (the GUI, VBoxManage by hand)."""
+        with self.transaction() as host:
+            machine = next(m for m in host.machines() if m["name"] == name)
+            host.add_rule(machine, "1", rule)
+
+    def forward_works(self, name: str, protocol: str, host_port: int, guest_port: int) -> bool:
+        """What the real host would show: a running VM with that rule carries the traffic."""
+        machine = self.machine(name)
+        if machine is None or machine["state"] != "running":
+            return False
+        return any(
+            r["proto"] == protocol and r["host_port"] == host_port and r["guest_port"] == guest_port
+            for nic in machine["nics"].values()
+            for r in nic["rules"]
+        )
+
+    def calls(self) -> list[list[str]]:
+        """Every argv the fake VBoxManage received, in order, program name first."""
+        if not self.log_path.exists():
+            return []
+        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()]
+
+    def log(self, argv: list[str]) -> None:
+        with open(self.log_path, "a") as handle:
+            handle.write(json.dumps(argv) + "\n")
+
+
+def _mac() -> str:
+    return "080027" + uuid.uuid4().hex[:6].upper()

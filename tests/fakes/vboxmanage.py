@@ -1,0 +1,596 @@
+"""A fake `VBoxManage`: the subcommands pymachine uses, with VBoxManage's output shapes.
+
+Run as `python vboxmanage.py VBoxManage ARGS...` by a wrapper named VBoxManage (see
+tools.py). The host's state is in $PYMACHINE_FAKE_VBOX; every argv is logged beside it.
+Errors print as VBoxManage prints them:
+
+    VBoxManage: error: TEXT
+    VBoxManage: error: Details: code NAME (0x...), component C, interface I, callee nsISupports
+    VBoxManage: error: Context: "CALL" at line N of file FILE.cpp
+
+with exit status 1 (2 for a syntax error).
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from vbox_model import (  # noqa: E402
+    CODE_DESCRIPTIONS,
+    CODE_NAMES,
+    FakeVirtualBox,
+    Host,
+    VBoxFault,
+)
+
+PROGRESS = "0%...10%...20%...30%...40%...50%...60%...70%...80%...90%...100%"
+
+
+class Syntax(Exception):
+    """A command line VBoxManage would reject before talking to VBoxSVC."""
+
+
+class Failed(Exception):
+    """A VBoxFault together with the C++ call VBoxManage names in its Context line."""
+
+    def __init__(self, fault: VBoxFault, context: str, source: str, line: int) -> None:
+        super().__init__(fault.text)
+        self.fault = fault
+        self.context = context
+        self.source = source
+        self.line = line
+
+
+class Plain(Exception):
+    """An error VBoxManage prints as a bare `VBoxManage: error: TEXT` line."""
+
+
+def main(argv: list[str]) -> int:
+    program, args = argv[0], argv[1:]
+    fake = FakeVirtualBox.from_environment()
+    fake.log([program, *args])
+    out: list[str] = []
+    err: list[str] = []
+    status = 0
+    try:
+        with fake.transaction() as host:
+            status = dispatch(host, args, out, err)
+    except Syntax as exc:
+        err.append(f"VBoxManage: error: {exc}")
+        status = 2
+    except Plain as exc:
+        err.append(f"VBoxManage: error: {exc}")
+        status = _failing_status(fake)
+    except Failed as exc:
+        err.extend(_format(exc))
+        status = _failing_status(fake)
+    if out:
+        sys.stdout.write("\n".join(out) + "\n")
+    if err:
+        sys.stderr.write("\n".join(err) + "\n")
+    return status
+
+
+def _failing_status(fake: FakeVirtualBox) -> int:
+    # Some VBoxManage paths print their error and still exit 0.
+    with fake.transaction() as host:
+        if host.take("exit_zero"):
+            return 0
+    return 1
+
+
+def _format(exc: Failed) -> list[str]:
+    fault = exc.fault
+    name = CODE_NAMES.get(fault.code, f"{fault.code:#x}")
+    lines = []
+    if fault.extended and fault.text:
+        lines += [f"VBoxManage: error: {line}" for line in fault.text.splitlines()]
+        lines.append(f"VBoxManage: error: Details: code {name} ({fault.code:#x}), component {fault.component}, interface {fault.interface}, callee nsISupports")
+    else:
+        description = CODE_DESCRIPTIONS.get(fault.code, "Unspecified error")
+        lines.append(f"VBoxManage: error: Code {name} ({fault.code:#x}) - {description} (extended info not available)")
+    lines.append(f'VBoxManage: error: Context: "{exc.context}" at line {exc.line} of file {exc.source}')
+    return lines
+
+
+def _call(context: str, source: str, line: int, action: Any) -> Any:
+    try:
+        return action()
+    except VBoxFault as fault:
+        raise Failed(fault, context, source, line) from None
+
+
+def _find(host: Host, name: str, source: str, line: int) -> dict[str, Any]:
+    return _call("FindMachine(Bstr(a->argv[0]).raw(), machine.asOutParam())", source, line, lambda: host.find(name))
+
+
+def dispatch(host: Host, args: list[str], out: list[str], err: list[str]) -> int:
+    if not args:
+        raise Syntax("Not enough parameters")
+    command, rest = args[0], args[1:]
+    if command in ("--version", "-v", "-version", "-V"):
+        if host.faults.get("version_hang"):
+            time.sleep(float(host.faults["version_hang"]))
+        if host.faults.get("version_warning"):
+            out.append(host.faults["version_warning"])
+        out.append(f"{host.version}r{host.data['revision']}")
+        return 0
+    handlers = {
+        "createvm": createvm,
+        "modifyvm": modifyvm,
+        "storagectl": storagectl,
+        "storageattach": storageattach,
+        "createmedium": createmedium,
+        "createhd": createmedium,
+        "closemedium": closemedium,
+        "startvm": startvm,
+        "controlvm": controlvm,
+        "showvminfo": showvminfo,
+        "unregistervm": unregistervm,
+        "discardstate": discardstate,
+        "list": list_command,
+    }
+    handler = handlers.get(command)
+    if handler is None:
+        raise Syntax(f"Invalid command '{command}'")
+    return handler(host, rest, out, err)
+
+
+def _options(args: list[str], takes_value: set[str], flags: set[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """(positional arguments, option -> values) with --opt=value and --opt value both accepted."""
+    positional: list[str] = []
+    options: dict[str, list[str]] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--") and "=" in arg:
+            key, value = arg.split("=", 1)
+            if key not in takes_value:
+                raise Syntax(f"Unknown option: {key}")
+            options.setdefault(key, []).append(value)
+        elif arg.startswith("-") and len(arg) > 1:
+            if arg in flags:
+                options.setdefault(arg, []).append("")
+            elif arg in takes_value:
+                if i + 1 >= len(args):
+                    raise Syntax(f"Missing value for option {arg}")
+                options.setdefault(arg, []).append(args[i + 1])
+                i += 1
+            else:
+                raise Syntax(f"Unknown option: {arg}")
+        else:
+            positional.append(arg)
+        i += 1
+    return positional, options
+
+
+# -- createvm ------------------------------------------------------------------------------
+
+
+def createvm(host: Host, args: list[str], out: list[str], err: list[str]) -> int:
+    _, opts = _options(args, {"--name", "--basefolder", "--ostype", "--groups", "--uuid", "--default"}, {"--register"})
+    if "--name" not in opts:
+        raise Syntax("Parameter --name is required")
+    name = opts["--name"][-1]
+    base = opts.get("--basefolder", [str(Path.home() / "VirtualBox VMs")])[-1]
+    context = "CreateMachine(bstrSettingsFile.raw(), bstrName.raw(), ComSafeArrayAsInParam(groups), bstrOsTypeId.raw(), createFlags.raw(), machine.asOutParam())"
+    machine = _call(context, "VBoxManageMisc.cpp", 421, lambda: host.new_machine(name, base, opts.get("--ostype", [""])[-1]))
+    if "--register" in opts:
+        _call("RegisterMachine(machine)", "VBoxManageMisc.cpp", 436, lambda: host.register(machine))
+        out.append(f"Virtual machine '{name}' is created and registered.")
+    else:
+        out.append(f"Virtual machine '{name}' is created.")
+    out.append(f"UUID: {machine['uuid']}")
+    out.append(f"Settings file: '{machine['settings_file']}'")
+    return 0
+
+
+# -- modifyvm ------------------------------------------------------------------------------
+
+_ON_OFF = {"on", "off"}
+_BOOT = {"none", "floppy", "dvd", "disk", "net"}
+_NIC_TYPES = {"Am79C970A", "Am79C973", "Am79C960", "82540EM", "82543GC", "82545EM", "virtio"}
+
+
+def modifyvm(host: Host, args: list[str], out: list[str], err: list[str]) -> int:
+    if not args:
+        raise Syntax("Not enough parameters")
+    name, rest = args[0], args[1:]
+    machine = _find(host, name, "VBoxManageModifyVM.cpp", 627)
+    _call("LockMachine(a->session, LockType_Write)", "VBoxManageModifyVM.cpp", 640, lambda: host.write_lock(machine))
+    # VBoxManage changes the session's copy and saves it only if every option worked.
+    draft = copy.deepcopy(machine)
+    i = 0
+
+    def value() -> str:
+        nonlocal i
+        if i + 1 >= len(rest):
+            raise Syntax(f"Missing argument to '{rest[i]}'")
+        i += 1
+        return rest[i]
+
+    while i < len(rest):
+        option = rest[i]
+        if option == "--cpus":
+            draft["cpus"] = _number(value(), option)
+        elif option == "--memory":
+            draft["memory"] = _number(value(), option)
+        elif option == "--firmware":
+            draft["firmware"] = {"bios": "BIOS", "efi": "EFI", "efi32": "EFI32", "efi64": "EFI64"}.get(value(), None) or _bad(option, rest[i])
+        elif option == "--ostype":
+            draft["ostype"] = value()
+        elif option in ("--acpi", "--ioapic", "--rtcuseutc", "--hwvirtex", "--nestedpaging"):
+            draft[option[2:]] = _on_off(value(), option)
+        elif option == "--biosbootmenu":
+            choice = value()
+            if choice not in ("disabled", "menuonly", "messageandmenu"):
+                _bad(option, choice)
+            draft["biosbootmenu"] = choice
+        elif option.startswith("--boot") and option[6:] in ("1", "2", "3", "4"):
+            device = value()
+            if device not in _BOOT:
+                _bad(option, device)
+            draft["boot"][int(option[6:]) - 1] = device
+        elif option == "--nic1":
+            draft["nics"]["1"]["attachment"] = value()
+        elif option == "--nictype1":
+            kind = value()
+            if kind not in _NIC_TYPES:
+                _bad(option, kind)
+            draft["nics"]["1"]["type"] = kind
+        elif option == "--cableconnected1":
+            draft["nics"]["1"]["cable"] = _on_off(value(), option)
+        elif option == "--natdnsproxy1":
+            draft["nics"]["1"]["dnsproxy"] = _on_off(value(), option)
+        elif option == "--uart1":
+            first = value()
+            uart = draft["uarts"].setdefault("1", {"enabled": False, "io": 0x3F8, "irq": 4, "mode": "disconnected", "path": ""})
+            if first == "off":
+                uart["enabled"] = False
+            else:
+                uart.update({"enabled": True, "io": int(first, 16), "irq": _number(value(), option)})
+        elif option == "--uartmode1":
+            mode = value()
+            uart = draft["uarts"].setdefault("1", {"enabled": False, "io": 0x3F8, "irq": 4, "mode": "disconnected", "path": ""})
+            if mode == "disconnected":
+                uart.update({"mode": mode, "path": ""})
+            elif mode in ("file", "server", "client", "tcpserver", "tcpclient"):
+                uart.update({"mode": mode, "path": value()})
+            else:
+                uart.update({"mode": "device", "path": mode})
+        elif option == "--natpf1":
+            spec = value()
+            if spec == "delete":
+                rule_name = value()
+                context = "RemoveRedirect(Bstr(ValueUnion.psz).raw())"
+                _call(context, "VBoxManageModifyVM.cpp", 1888, lambda: host.remove_rule(draft, "1", rule_name))
+            else:
+                rule = _parse_rule(spec, option)
+                context = "AddRedirect(Bstr(strName).raw(), proto, Bstr(strHostIp).raw(), RTStrToUInt16(strHostPort), Bstr(strGuestIp).raw(), RTStrToUInt16(strGuestPort))"
+                _call(context, "VBoxManageModifyVM.cpp", 1864, lambda: host.add_rule(draft, "1", rule))
+        else:
+            raise Syntax(f"Unknown option: {option}")
+        i += 1
+    machine.clear()
+    machine.update(draft)
+    host.save_settings(machine)
+    return 0
+
+
+def _number(text: str, option: str) -> int:
+    if not text.isdigit():
+        raise Syntax(f"Invalid value '{text}' for option {option}")
+    return int(text)
+
+
+def _on_off(text: str, option: str) -> str:
+    if text not in _ON_OFF:
+        raise Syntax(f"Invalid {option[2:]} argument '{text}'")
+    return text
+
+
+def _bad(option: str, text: str) -> str:
+    raise Syntax(f"Invalid {option[2:]} argument '{text}'")
+
+
+def _parse_rule(spec: str, option: str) -> dict[str, Any]:
+    parts = spec.split(",")
+    if len(parts) < 6:
+        raise Syntax(f"Missing or invalid argument to '{option}'")
+    name, proto, host_ip, host_port, guest_ip = (p.strip() for p in parts[:5])
+    guest_port = ",".join(parts[5:]).strip()
+    if proto.lower() not in ("tcp", "udp"):
+        raise Syntax(f"Wrong rule proto '{proto}' specified -- only 'udp' and 'tcp' are allowed.")
+    return {
+        "name": name,
+        "proto": proto.lower(),
+        "host_ip": host_ip,
+        "host_port": _port(host_port),
+        "guest_ip": guest_ip,
+        "guest_port": _port(guest_port),
+    }
+
+
+def _port(text: str) -> int:
+    # RTStrToUInt16: the leading digits, 0 when there are none.
+    digits = ""
+    for char in text:
+        if not char.isdigit():
+            break
+        digits += char
+    return int(digits or 0) & 0xFFFF
+
+
+# -- storage -------------------------------------------------------------------------------
+
+
+def storagectl(host: Host, args: list[str], out: list[str], err: list[str]) -> int:
+    positional, opts = _options(args, {"--name", "--add", "--controller", "--hostiocache", "--portcount", "--bootable"}, {"--remove"})
+    if not positional or "--name" not in opts:
+        raise Syntax("Storage controller name not specified")
+    machine = _find(host, positional[0], "VBoxManageStorageController.cpp", 1060)
+    _call("LockMachine(a->session, LockType_Write)", "VBoxManageStorageController.cpp", 1068, lambda: host.write_lock(machine))
+    name = opts["--name"][-1]
+    if "--add" in opts:
+        bus = opts["--add"][-1]
+        context = "AddStorageController(Bstr(pszCtl).raw(), StorageBus_SATA, ctl.asOutParam())"
+        controller = _call(context, "VBoxManageStorageController.cpp", 1133, lambda: host.add_controller(machine, name, bus))
+    else:
+        controller = machine["controllers"].get(name)
+        if controller is None:
+            raise Failed(VBoxFault(0x80BB0001, f"Could not find a storage controller named '{name}'", "MachineWrap", "IMachine"), "GetStorageControllerByName(Bstr(pszCtl).raw(), ctl.asOutParam())", "VBoxManageStorageController.cpp", 1160)
+    if "--hostiocache" in opts:
+        controller["hostiocache"] = _on_off(opts["--hostiocache"][-1], "--hostiocache")
+    host.save_settings(machine)
+    return 0
+
+
+def storageattach(host: Host, args: list[str], out: list[str], err: list[str]) -> int:
+    positional, opts = _options(args, {"--storagectl", "--port", "--device", "--type", "--medium", "--mtype", "--nonrotational", "--discard"}, set())
+    if not positional or "--storagectl" not in opts:
+        raise Syntax("Storage controller name not specified")
+    machine = _find(host, positional[0], "VBoxManageStorageController.cpp", 210)
+    _call("LockMachine(a->session, LockType_Write)", "VBoxManageStorageController.cpp", 225, lambda: host.write_lock(machine))
+    kind = opts.get("--type", ["hdd"])[-1]
+    if kind not in ("dvddrive", "hdd", "fdd"):
+        raise Syntax(f"Invalid --type argument '{kind}'")
+    medium = opts.get("--medium", [""])[-1]
+    if not medium:
+        raise Syntax("Missing --medium argument")
+    port = int(opts.get("--port", ["0"])[-1])
+    device = int(opts.get("--device", ["0"])[-1])
+    controller = opts["--storagectl"][-1]
+    context = "AttachDevice(Bstr(pszCtl).raw(), port, device, DeviceType_HardDisk, pMedium2Mount)"
+    _call(context, "VBoxManageStorageController.cpp", 975, lambda: host.attach(machine, controller, port, device, kind, medium))
+    host.save_settings(machine)
+    return 0
+
+
+def createmedium(host: Host, args: list[str], out: list[str], err: list[str]) -> int:
+    positional, opts = _options(args, {"--filename", "--size", "--sizebyte", "--format", "--variant", "--diffparent"}, set())
+    if positional and positional[0] not in ("disk", "dvd", "floppy"):
+        raise Syntax(f"Invalid parameter '{positional[0]}'")
+    if "--filename" not in opts:
+        raise Syntax("Parameters --filename is required")
+    size = int(opts.get("--size", ["0"])[-1])
+    fmt = opts.get("--format", ["VDI"])[-1]
+    path = opts["--filename"][-1]
+    context = "CreateBaseStorage(size, ComSafeArrayAsInParam(l_variants), progress.asOutParam())"
+    medium = _call(context, "VBoxManageDisk.cpp", 443, lambda: host.create_disk(path, size, fmt))
+    err.append(PROGRESS)
+    out.append(f"Medium created. UUID: {medium['uuid']}")
+    return 0
+
+
+def closemedium(host: Host, args: list[str], out: list[str], err: list[str]) -> int:
+    positional, opts = _options(args, set(), {"--delete"})
+    if positional and positional[0] in ("disk", "dvd", "floppy"):
+        positional = positional[1:]
+    if not positional:
+        raise Syntax("Disk name or UUID required")
+    _call("Close()", "VBoxManageDisk.cpp", 1789, lambda: host.close_disk(positional[0], "--delete" in opts))
+    if "--delete" in opts:
+        err.append(PROGRESS)
+    return 0
+
+
+# -- lifecycle ------------------------------------------------------------------------------
+
+
+def startvm(host: Host, args: list[str], out: list[str], err: list[str]) -> int:
+    positional, opts = _options(args, {"--type", "-E", "--putenv"}, set())
+    if not positional:
+        raise Syntax("Not enough parameters")
+    kind = opts.get("--type", ["gui"])[-1]
+    if kind not in ("gui", "headless", "sdl", "separate"):
+        raise Syntax(f"Invalid session type '{kind}'")
+    for name in positional:
+        machine = _find(host, name, "VBoxManageMisc.cpp", 794)
+        out.append(f'Waiting for VM "{name}" to power on...')
+        context = "LaunchVMProcess(a->session, sessionType.raw(), ComSafeArrayAsInParam(aBstrEnv), progress.asOutParam())"
+        _call(context, "VBoxManageMisc.cpp", 846, lambda: host.start(machine))
+        out.append(f'VM "{name}" has been successfully started.')
+    return 0
+
+
+def controlvm(host: Host, args: list[str], out: list[str], err: list[str]) -> int:
+    if len(args) < 2:
+        raise Syntax("Not enough parameters")
+    name, action, rest = args[0], args[1], args[2:]
+    machine = _find(host, name, "VBoxManageControlVM.cpp", 225)
+    if not host.has_console(machine):
+        raise Plain(f"Machine '{name}' is not currently running.")
+    if action == "acpipowerbutton":
+        host.press_power_button(machine)
+    elif action == "poweroff":
+        host.power_off(machine)
+        err.append(PROGRESS)
+    elif action == "natpf1":
+        if not rest:
+            raise Syntax(f"Missing argument to '{action}'.")
+        if rest[0] == "delete":
+            rule_name = rest[1] if len(rest) > 1 else ""
+            context = "RemoveRedirect(Bstr(a->argv[3]).raw())"
+            _call(context, "VBoxManageControlVM.cpp", 1179, lambda: host.remove_rule(machine, "1", rule_name))
+        else:
+            rule = _parse_rule(rest[0], action)
+            context = "AddRedirect(Bstr(strName).raw(), proto, Bstr(strHostIp).raw(), RTStrToUInt16(strHostPort), Bstr(strGuestIp).raw(), RTStrToUInt16(strGuestPort))"
+            _call(context, "VBoxManageControlVM.cpp", 1228, lambda: host.add_rule(machine, "1", rule))
+        host.save_settings(machine)
+    else:
+        raise Syntax(f"Invalid parameter '{action}'.")
+    return 0
+
+
+def unregistervm(host: Host, args: list[str], out: list[str], err: list[str]) -> int:
+    positional, opts = _options(args, set(), {"--delete", "--delete-all"})
+    if not positional:
+        raise Syntax("VM name required")
+    machine = _find(host, positional[0], "VBoxManageMisc.cpp", 211)
+    context = "Unregister(CleanupMode_DetachAllReturnHardDisksOnly, ComSafeArrayAsOutParam(aMedia))"
+    disks = _call(context, "VBoxManageMisc.cpp", 223, lambda: host.unregister(machine))
+    if "--delete" in opts or "--delete-all" in opts:
+        host.delete_config(machine, disks)
+        err.append(PROGRESS)
+    return 0
+
+
+def discardstate(host: Host, args: list[str], out: list[str], err: list[str]) -> int:
+    if not args:
+        raise Syntax("Not enough parameters")
+    machine = _find(host, args[0], "VBoxManageMisc.cpp", 1021)
+    _call("DiscardSavedState(true /* fDeleteFile */)", "VBoxManageMisc.cpp", 1040, lambda: host.discard_state(machine))
+    return 0
+
+
+def list_command(host: Host, args: list[str], out: list[str], err: list[str]) -> int:
+    if not args or args[0] not in ("vms", "runningvms"):
+        raise Syntax("Invalid parameter")
+    for machine in host.machines():
+        if args[0] == "vms" or machine["state"] == "running":
+            out.append(f'"{machine["name"]}" {{{machine["uuid"]}}}')
+    return 0
+
+
+# -- showvminfo --------------------------------------------------------------------------
+
+
+def showvminfo(host: Host, args: list[str], out: list[str], err: list[str]) -> int:
+    positional, opts = _options(args, {"--log"}, {"--machinereadable", "--details"})
+    if not positional:
+        raise Syntax("VM name or UUID required")
+    machine = _find(host, positional[0], "VBoxManageInfo.cpp", 3170)
+    if "--machinereadable" not in opts:
+        out.append(f"Name:                        {machine['name']}")
+        out.append(f"State:                       {machine['state']}")
+        return 0
+    out.extend(machinereadable(machine))
+    return 0
+
+
+def machinereadable(machine: dict[str, Any]) -> list[str]:
+    """The lines `showvminfo --machinereadable` prints, in VBoxManageInfo.cpp's order."""
+    settings = Path(machine["settings_file"])
+    lines = [
+        f'name="{machine["name"]}"',
+        'groups="/"',
+        f'ostype="{machine["ostype"]}"',
+        f'UUID="{machine["uuid"]}"',
+        f'CfgFile="{settings}"',
+        f'SnapFldr="{settings.parent / "Snapshots"}"',
+        f'LogFldr="{settings.parent / "Logs"}"',
+        f'hardwareuuid="{machine["uuid"]}"',
+        f"memory={machine['memory']}",
+        'pagefusion="off"',
+        "vram=8",
+        "cpuexecutioncap=100",
+        'hpet="off"',
+        'cpu-profile="host"',
+        'chipset="piix3"',
+        f'firmware="{machine["firmware"]}"',
+        f"cpus={machine['cpus']}",
+        'pae="on"',
+        'longmode="on"',
+        'triplefaultreset="off"',
+        'apic="on"',
+        'x2apic="on"',
+        'nested-hw-virt="off"',
+        f'bootmenu="{machine["biosbootmenu"]}"',
+    ]
+    lines += [f'boot{i + 1}="{device}"' for i, device in enumerate(machine["boot"])]
+    lines += [
+        f'acpi="{machine["acpi"]}"',
+        f'ioapic="{machine["ioapic"]}"',
+        'biosapic="apic"',
+        "biossystemtimeoffset=0",
+        f'rtcuseutc="{machine["rtcuseutc"]}"',
+        f'hwvirtex="{machine["hwvirtex"]}"',
+        f'nestedpaging="{machine["nestedpaging"]}"',
+        'largepages="off"',
+        'vtxvpid="on"',
+        'vtxux="on"',
+        f'VMState="{machine["state"]}"',
+        f'VMStateChangeTime="{machine["state_changed"]}"',
+        'monitorcount=1',
+        'accelerate3d="off"',
+    ]
+    for index, (name, controller) in enumerate(machine["controllers"].items()):
+        lines += [
+            f'storagecontrollername{index}="{name}"',
+            f'storagecontrollertype{index}="{controller["type"]}"',
+            f'storagecontrollerinstance{index}="0"',
+            f'storagecontrollermaxportcount{index}="30"',
+            f'storagecontrollerportcount{index}="30"',
+            f'storagecontrollerbootable{index}="on"',
+        ]
+    for name, controller in machine["controllers"].items():
+        for slot, attachment in sorted(controller["attachments"].items()):
+            lines.append(f'"{name}-{slot}"="{attachment["medium"]}"')
+            lines.append(f'"{name}-ImageUUID-{slot}"="{attachment["uuid"]}"')
+            if attachment["type"] == "dvddrive":
+                lines.append(f'"{name}-tempeject-{slot}"="off"')
+                lines.append(f'"{name}-IsEjected-{slot}"="off"')
+    for slot in ("1", "2", "3", "4", "5", "6", "7", "8"):
+        nic = machine["nics"].get(slot)
+        if nic is None:
+            lines.append(f'nic{slot}="none"')
+            continue
+        if nic["attachment"] == "nat":
+            lines.append(f'natnet{slot}="nat"')
+        lines += [
+            f'macaddress{slot}="{nic["mac"]}"',
+            f'cableconnected{slot}="{nic["cable"]}"',
+            f'nic{slot}="{nic["attachment"]}"',
+            f'nictype{slot}="{nic["type"]}"',
+            f'nicspeed{slot}="0"',
+        ]
+        if nic["attachment"] == "nat":
+            lines += ['mtu="0"', 'sockSnd="64"', 'sockRcv="64"', 'tcpWndSnd="64"', 'tcpWndRcv="64"']
+            for index, rule in enumerate(nic["rules"]):
+                lines.append(f'Forwarding({index})="{rule["name"]},{rule["proto"]},{rule["host_ip"]},{rule["host_port"]},{rule["guest_ip"]},{rule["guest_port"]}"')
+    lines += ['hidpointing="ps2mouse"', 'hidkeyboard="ps2kbd"']
+    for slot in ("1", "2", "3", "4"):
+        uart = machine["uarts"].get(slot)
+        if uart is None or not uart["enabled"]:
+            lines.append(f'uart{slot}="off"')
+            continue
+        lines.append(f'uart{slot}="{uart["io"]:#06x},{uart["irq"]}"')
+        if uart["mode"] == "disconnected":
+            lines.append(f'uartmode{slot}="disconnected"')
+        elif uart["mode"] == "file":
+            lines.append(f'uartmode{slot}="file,{uart["path"]}"')
+        else:
+            lines.append(f'uartmode{slot}="{uart["mode"]},{uart["path"]}"')
+        lines.append(f'uarttype{slot}="16550A"')
+    lines += ['lpt1="off"', 'lpt2="off"', 'audio="none"', 'clipboard="disabled"', 'draganddrop="disabled"', 'vrde="off"', 'usb="off"', 'ehci="off"', 'xhci="off"']
+    return lines
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,163 @@
+"""`pymachine create -d virtualbox dev` through the core, with the fakes on the runner's path.
+
+Everything runs for real except the hypervisor and the guest: the store, keys,
+certificates, the config medium, the driver's VBoxManage calls (to the fake), the
+provisioning steps over a scripted guest, the wait for Docker's /_ping over TLS (a
+real HTTPS server requiring the client certificate), and the forward watcher process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from machine.certs import CertPaths
+from machine.dockerapi import DockerAPI
+from machine.errors import HypervisorConflict
+from machine.home import Home
+from machine.image import MANIFEST_NAME
+from machine.machines import CreateOptions, Machines
+from machine.procs import alive
+from machine.progress import RecordingProgress
+from machine.provision import CONFIG_FILES, ENGINE
+from machine.runner import Runner
+from machine.watcherproc import WatcherProcess
+
+from .contract import wait_for
+from .fakes import vbox_model
+from .fakes.guest import GuestFarm
+from .fakes.processes import FakeVMs
+from .fakes.tools import install
+from .fakes.vbox_model import FakeVirtualBox
+
+
+def image_cache(folder: Path) -> Path:
+    """A boot image cache as `pymachine image build` leaves it: ISO, engine bundle, manifest."""
+    folder.mkdir(parents=True)
+    (folder / "boot.iso").write_bytes(b"\0" * 32768)
+    bundle = folder / "pymachine-engine-20.10.24-amd64.tar.zst"
+    bundle.write_bytes(os.urandom(4096))
+    manifest = {
+        "version": "test",
+        "cmdline": "console=ttyS0",
+        "artifacts": {
+            "iso": {"file": "boot.iso"},
+            "engine": {"file": bundle.name, "sha256": hashlib.sha256(bundle.read_bytes()).hexdigest(), "version": "20.10.24"},
+        },
+    }
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    return folder
+
+
+def docker_host_port(fake: FakeVirtualBox, name: str) -> int:
+    machine = fake.machine(name)
+    assert machine is not None
+    return next(r["host_port"] for r in machine["nics"]["1"]["rules"] if r["guest_port"] == 2376)
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Machines, FakeVirtualBox, GuestFarm]]:
+    fake = FakeVirtualBox(tmp_path / "vbox.json").initialise()
+    bin_dir = install(tmp_path / "bin", "VBoxManage")
+    # The forward watcher is a process of its own that builds its runner from the
+    # environment: it must find the same fakes.
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setenv(vbox_model.STATE_ENV, str(fake.path))
+    farm = GuestFarm(fake.forward_works, lambda name: docker_host_port(fake, name))
+    # Only the fakes are on the core's path: no real VBoxManage, and no docker CLI, so
+    # the user's docker contexts are never touched.
+    runner = Runner(path=str(bin_dir), env={vbox_model.STATE_ENV: str(fake.path)})
+    home = Home(tmp_path / "home", runner=runner, progress=RecordingProgress(), cache=image_cache(tmp_path / "cache"), ssh_factory=farm.connect)
+    machines = Machines(home)
+    try:
+        yield machines, fake, farm
+    finally:
+        for name in machines.store.names():
+            watcher = WatcherProcess(home, name)
+            # A watcher writes its pidfile a moment after it starts: wait for it, so
+            # that removing the machine stops it.
+            wait_for(lambda: watcher.pid() is not None or not (watcher.directory / "watcher.log").exists(), timeout=10)
+            machines.remove(name, force=True)
+        farm.stop()
+
+
+def test_create_runs_the_whole_flow_against_the_fakes(world: tuple[Machines, FakeVirtualBox, GuestFarm]) -> None:
+    machines, fake, farm = world
+    options = CreateOptions(driver="virtualbox", cpus=1, memory_mb=512, disk_mb=2048, driver_options={"backend": "vboxmanage"}, force=True)
+    config = machines.create("dev", options)
+
+    folder = machines.directory("dev")
+    expected = [
+        ["VBoxManage", "--version"],
+        ["VBoxManage", "showvminfo", "dev", "--machinereadable"],
+        ["VBoxManage", "createvm", "--basefolder", str(folder / "virtualbox"), "--name", "dev", "--register"],
+        [
+            "VBoxManage", "modifyvm", "dev", "--firmware", "bios", "--ostype", "Linux26_64", "--cpus", "1", "--memory", "512",
+            "--acpi", "on", "--ioapic", "on", "--rtcuseutc", "on", "--natdnsproxy1", "on", "--hwvirtex", "on", "--nestedpaging", "on",
+            "--boot1", "dvd", "--biosbootmenu", "disabled",
+        ],
+        ["VBoxManage", "modifyvm", "dev", "--nic1", "nat", "--nictype1", "82540EM", "--cableconnected1", "on"],
+        ["VBoxManage", "modifyvm", "dev", "--uart1", "0x3F8", "4", "--uartmode1", "file", str(folder / "serial.log")],
+        [
+            "VBoxManage", "modifyvm", "dev",
+            "--natpf1", f"ssh,tcp,127.0.0.1,{config.ssh_port},,22",
+            "--natpf1", f"docker,tcp,127.0.0.1,{config.docker_port},,2376",
+        ],
+        ["VBoxManage", "storagectl", "dev", "--name", "SATA", "--add", "sata", "--hostiocache", "on"],
+        ["VBoxManage", "storageattach", "dev", "--storagectl", "SATA", "--port", "0", "--device", "0", "--type", "dvddrive", "--medium", str(folder / "boot" / "boot.iso")],
+        ["VBoxManage", "createmedium", "disk", f"--filename={folder / 'data.vdi'}", "--size=2048", "--format=VDI"],
+        ["VBoxManage", "storageattach", "dev", "--storagectl", "SATA", "--port", "1", "--device", "0", "--type", "hdd", "--medium", str(folder / "data.vdi")],
+        ["VBoxManage", "storageattach", "dev", "--storagectl", "SATA", "--port", "2", "--device", "0", "--type", "dvddrive", "--medium", str(folder / "config.iso")],
+        ["VBoxManage", "showvminfo", "dev", "--machinereadable"],
+        ["VBoxManage", "startvm", "dev", "--type", "headless"],
+    ]  # fmt: skip
+    calls = fake.calls()
+    assert calls[: len(expected)] == expected
+    # After create returns, only the forward watcher asks, and only for the state.
+    assert all(call == ["VBoxManage", "showvminfo", "dev", "--machinereadable"] for call in calls[len(expected) :])
+
+    assert config.status == "ready"
+    assert machines.status("dev") == "Running"
+    guest = farm.guests["dev"]
+    assert guest.engine_running and guest.engine_sha256
+    assert set(CONFIG_FILES) <= set(guest.files)
+    assert f"{ENGINE} start" in guest.commands
+    daemon = json.loads(guest.files["/var/lib/pymachine/daemon.json"])
+    assert "provider=virtualbox" in daemon["labels"]
+
+    api = DockerAPI("127.0.0.1", config.docker_port, CertPaths(folder), timeout=5)
+    try:
+        assert api.ping()
+    finally:
+        api.close()
+    assert "Linux version" in (folder / "serial.log").read_text()
+
+    watcher = WatcherProcess(machines.home, "dev")
+    assert wait_for(lambda: watcher.pid() is not None, timeout=10), "the forward watcher did not start"
+    pid = watcher.pid()
+    assert pid is not None
+    machines.remove("dev")
+    assert not alive(pid), "removing the machine must stop its watcher"
+    assert fake.machine("dev") is None
+    assert ["VBoxManage", "unregistervm", "dev", "--delete"] in fake.calls()
+
+
+def test_create_refuses_to_start_beside_another_hypervisor(world: tuple[Machines, FakeVirtualBox, GuestFarm], tmp_path: Path) -> None:
+    machines, fake, _ = world
+    other = FakeVMs(tmp_path / "procs")
+    pid = 0
+    try:
+        pid = other.start("prl_vm_app", "--openvm", str(tmp_path / "Parallels" / "win11.pvm"))
+        options = CreateOptions(driver="virtualbox", cpus=1, memory_mb=512, disk_mb=2048, driver_options={"backend": "vboxmanage"})
+        with pytest.raises(HypervisorConflict) as caught:
+            machines.create("dev", options)
+    finally:
+        other.stop_all()
+    assert f"Parallels VM 'win11' (pid {pid}; stop it with `prlctl stop 'win11'`)" in str(caught.value)
+    assert not any(call[1] == "createvm" for call in fake.calls())
+    assert machines.status("dev") == "Error"
