@@ -15,12 +15,16 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from typing import TYPE_CHECKING
 
 from .errors import MachineError
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+# cryptography is imported where keys and certificates are made or read, never at
+# import time: most commands (ls, env, status) only need the paths below.
 from .store import atomic_write
 
 CA_DAYS = 3650
@@ -65,26 +69,40 @@ def _now() -> datetime.datetime:
 
 
 def _new_key() -> ec.EllipticCurvePrivateKey:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     return ec.generate_private_key(ec.SECP256R1())
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
 def _cert_pem(cert: x509.Certificate) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
 def _name(common_name: str) -> x509.Name:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "pymachine"), x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
 def _load_cert(path: Path) -> x509.Certificate:
+    from cryptography import x509
+
     return x509.load_pem_x509_certificate(path.read_bytes())
 
 
 def _load_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     return key
@@ -117,6 +135,9 @@ class CertificateAuthority:
         self._make_client()
 
     def _make_ca(self) -> None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+
         key = _new_key()
         now = _now()
         cert = (
@@ -136,6 +157,9 @@ class CertificateAuthority:
         atomic_write(self.paths.ca, _cert_pem(cert), mode=0o644)
 
     def _issue(self, common_name: str, usage: x509.ObjectIdentifier, sans: list[x509.GeneralName]) -> tuple[bytes, bytes]:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+
         ca_key = _load_key(self.paths.ca_key)
         ca_cert = _load_cert(self.paths.ca)
         key = _new_key()
@@ -159,12 +183,17 @@ class CertificateAuthority:
         return _cert_pem(cert), _key_pem(key)
 
     def _make_client(self) -> None:
+        from cryptography.x509.oid import ExtendedKeyUsageOID
+
         cert, key = self._issue("pymachine client", ExtendedKeyUsageOID.CLIENT_AUTH, [])
         atomic_write(self.paths.key, key, mode=0o600)
         atomic_write(self.paths.cert, cert, mode=0o644)
 
     def issue_server(self, target: CertPaths, hostname: str, addresses: list[str]) -> None:
         """A server certificate for one machine, with the client credentials copied beside it."""
+        from cryptography import x509
+        from cryptography.x509.oid import ExtendedKeyUsageOID
+
         self.ensure()
         names: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.DNSName(hostname)]
         seen = set()
@@ -188,6 +217,8 @@ class CertificateAuthority:
 
 def server_needs_renewal(paths: CertPaths, addresses: list[str], ca: CertificateAuthority) -> bool:
     """True if the server certificate is missing, expiring, not from our CA, or lacks an address."""
+    from cryptography import x509
+
     try:
         cert = _load_cert(paths.server_cert)
         ca_cert = _load_cert(ca.paths.ca)
@@ -223,6 +254,9 @@ class SSHKeyPair:
 
     @classmethod
     def generate(cls, comment: str) -> SSHKeyPair:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+
         key = ed25519.Ed25519PrivateKey.generate()
         private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
         public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()

@@ -6,8 +6,6 @@ written with its traceback to the debug log and reported in one line too.
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import signal
 import sys
@@ -66,6 +64,8 @@ def run_cli(args: list[str]) -> int:
     except BrokenPipeError:
         return 0
     except Exception as exc:  # noqa: BLE001 - the last line of defence
+        import logging
+
         log_path = _debug_log_path(home_from_context())
         logging.getLogger("pymachine").exception("unexpected error")
         _error(f"Unexpected {type(exc).__name__}: {exc}. The details are in {log_path}; please report them.")
@@ -97,6 +97,8 @@ def _debug_log_path(root: Path | None) -> Path:
 
 def setup_logging(root: Path, debug: bool) -> None:
     """Everything to <home>/debug.log (kept small); to stderr as well with --debug."""
+    import logging
+
     logger = logging.getLogger()
     logger.setLevel(logging.DEBUG)
     for handler in list(logger.handlers):
@@ -120,6 +122,3 @@ def setup_logging(root: Path, debug: bool) -> None:
         stream.setFormatter(logging.Formatter("%(name)s: %(message)s"))
         logger.addHandler(stream)
 
-
-def print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True, default=str))

@@ -37,11 +37,18 @@ class TerminalProgress(Progress):
     """Step lines with durations on stderr; a bar for transfers when stderr is a terminal."""
 
     def __init__(self) -> None:
-        from rich.console import Console
-
-        self.console = Console(stderr=True, highlight=False)
+        self._console: Any = None
         self._bar: Any = None
         self._task: Any = None
+
+    @property
+    def console(self) -> Any:
+        # rich is imported on first output only: `ls` and friends never pay for it.
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=True, highlight=False)
+        return self._console
 
     def on_step_start(self, title: str) -> None:
         if not self.console.is_terminal:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import enum
 import typing
 from collections.abc import Mapping
@@ -309,7 +310,10 @@ def load_driver(name: str) -> type[Driver]:
     raise DriverError(f"Unknown driver '{name}' (known drivers: {known})", "Run `pymachine drivers` to list them")
 
 
-def _entry_points() -> list[Any]:
+@functools.cache
+def _entry_points() -> tuple[Any, ...]:
+    # Scanning every installed distribution takes tens of milliseconds; `ls` asks once
+    # per machine. The set of installed drivers does not change while we run.
     from importlib.metadata import entry_points
 
-    return list(entry_points(group=ENTRY_POINT_GROUP))
+    return tuple(entry_points(group=ENTRY_POINT_GROUP))

@@ -18,8 +18,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -92,6 +90,8 @@ class MachineConfig:
 def atomic_write(path: Path, data: bytes | str, mode: int = 0o600) -> None:
     """Replace `path` with `data` so that readers see the old file or the new one, never half."""
     path = Path(path)
+    import tempfile
+
     if isinstance(data, str):
         data = data.encode()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -183,6 +183,8 @@ class Store:
 
     def remove(self, name: str) -> None:
         """Delete the machine's folder and everything in it."""
+        import shutil
+
         shutil.rmtree(self.machine_dir(name), ignore_errors=True)
 
     @contextlib.contextmanager

@@ -7,18 +7,19 @@ every command touches this, `pymachine env` included.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .driver import Driver, State
 from .errors import MachineError
 from .procs import read_pidfile, running_from, terminate
 from .store import STATUS_READY, atomic_write
 
-log = logging.getLogger("pymachine.watcher")
+if TYPE_CHECKING:
+    from .driver import Driver
+
+# Nothing heavier than the store at import time: `pymachine env` imports this module.
 
 PIDFILE = "watcher.pid"
 LOCKFILE = "watcher.lock"
@@ -53,6 +54,8 @@ class WatcherProcess:
             return
         try:
             config = machines.load(self.name)
+            from .driver import State
+
             if config.status == STATUS_READY and machines.driver(config).state() == State.RUNNING:
                 spawn(self.home.root, self.name, self.directory)
         except MachineError:
@@ -60,6 +63,8 @@ class WatcherProcess:
 
     def stop(self, driver: Driver | None = None) -> None:
         """Stop the watcher; then remove the forwards it made while the VM still runs."""
+        from .driver import State
+
         pid = self.pid()
         if pid is not None:
             terminate(pid, timeout=5.0)
@@ -70,7 +75,9 @@ class WatcherProcess:
                     for forward in driver.list_forwards():
                         driver.remove_forward(forward)
             except MachineError as exc:
-                log.warning("could not remove forwards of %s: %s", self.name, exc)
+                import logging
+
+                logging.getLogger("pymachine.watcher").warning("could not remove forwards of %s: %s", self.name, exc)
         state = self.directory / STATE_FILE
         if state.exists():
             atomic_write(state, json.dumps({"watcher": {"state": "stopped"}, "forwards": []}, indent=2), mode=0o644)

@@ -1,0 +1,157 @@
+"""Automatic forwarding, measured: how soon a published port answers after `docker run -d`
+returns, how soon it refuses after `docker stop` returns, 100 containers at once, and
+throughput through the forward against an `ssh -L` tunnel into the same VM.
+
+    python bench/forwards.py [--runs 20] [--load 100] [--mb 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from common import Bench, free_port, http_ok, program, refused, save, summary, wait
+
+
+def latency(bench: Bench, env: dict, runs: int) -> tuple[list[float], list[float]]:
+    added, removed = [], []
+    for i in range(runs):
+        port = free_port()
+        bench.docker("run", "-d", "--name", f"lat{i}", "-p", f"{port}:80", "busybox-local", "httpd", "-f", "-p", "80", "-h", "/www", env=env)
+        took = wait(lambda: http_ok(port, 0.2), timeout=10)
+        added.append(took if took is not None else float("inf"))
+        bench.docker("stop", "-t", "1", f"lat{i}", env=env)
+        took = wait(lambda: refused(port), timeout=10)
+        removed.append(took if took is not None else float("inf"))
+        bench.docker("rm", f"lat{i}", env=env)
+    return added, removed
+
+
+def load(bench: Bench, env: dict, count: int) -> dict:
+    ports = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    returned = []
+
+    def run(i: int) -> None:
+        bench.docker("run", "-d", "--name", f"load{i}", "-p", f"{ports[i]}:80", "busybox-local", "httpd", "-f", "-p", "80", "-h", "/www", env=env)
+        returned.append(time.monotonic())
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(run, range(count)))
+    last = max(returned)
+    pending = set(ports)
+    while pending and time.monotonic() - last < 60:
+        pending = {p for p in pending if not http_ok(p, 0.3)}
+    reachable_after = time.monotonic() - last
+    names = [f"load{i}" for i in range(count)]
+    bench.docker("rm", "-f", *names, env=env)
+    removed_at = time.monotonic()
+    live = set(ports)
+    while live and time.monotonic() - removed_at < 60:
+        live = {p for p in live if not refused(p)}
+    gone_after = time.monotonic() - removed_at
+    time.sleep(1.0)
+    leaked = json.loads(bench.pm("ports", bench.name, "--format", "json").stdout)["forwards"]
+    return {
+        "containers": count,
+        "all_reachable_after_last_run_s": round(reachable_after, 3),
+        "unreachable": len(pending),
+        "all_gone_after_rm_s": round(gone_after, 3),
+        "still_answering": len(live),
+        "forwards_left": len(leaked),
+    }
+
+
+def receive_all(port: int, size: int, results: dict) -> None:
+    """GET /big over HTTP/1.0 and count the bytes until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        got = 0
+        start = time.monotonic()
+        sock.sendall(b"GET /big HTTP/1.0\r\n\r\n")
+        while True:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            got += len(chunk)
+        results["bytes"] = got
+        results["seconds"] = time.monotonic() - start
+
+
+def throughput(bench: Bench, env: dict, megabytes: int) -> dict:
+    """The same sender in the guest, read once through the forward, once through ssh -L."""
+    port = free_port()
+    bench.docker(
+        "run", "-d", "--name", "sender", "-p", f"{port}:7000", "busybox-local", "sh", "-c",
+        f"dd if=/dev/zero of=/www/big bs=1M count={megabytes} 2>/dev/null && httpd -f -p 7000 -h /www",
+        env=env,
+    )
+    wait(lambda: http_ok(port, 1.0), timeout=120, interval=0.2)
+    direct: dict = {}
+    receive_all(port, megabytes << 20, direct)
+
+    tunnel_port = free_port()
+    machine_dir = bench.storage / "machines" / bench.name
+    ssh_port = int([l for l in open(machine_dir / "config.json") if '"ssh_port"' in l][0].split(":")[1].strip(" ,\n"))
+    tunnel = subprocess.Popen(
+        [
+            program("ssh"), "-N", "-i", str(machine_dir / "id_ed25519"), "-p", str(ssh_port),
+            "-o", f"UserKnownHostsFile={machine_dir / 'known_hosts'}", "-o", f"HostKeyAlias=pymachine-{bench.name}",
+            "-o", "StrictHostKeyChecking=yes", "-o", "ExitOnForwardFailure=yes",
+            "-L", f"127.0.0.1:{tunnel_port}:127.0.0.1:{port}", "root@127.0.0.1",
+        ]
+    )
+    try:
+        wait(lambda: http_ok(tunnel_port, 1.0), timeout=30, interval=0.1)
+        tunnelled: dict = {}
+        receive_all(tunnel_port, megabytes << 20, tunnelled)
+    finally:
+        tunnel.terminate()
+        tunnel.wait(10)
+    bench.docker("rm", "-f", "sender", env=env)
+    forward_mbs = direct["bytes"] / direct["seconds"] / 1e6
+    ssh_mbs = tunnelled["bytes"] / tunnelled["seconds"] / 1e6
+    return {
+        "megabytes": megabytes,
+        "forward_MBps": round(forward_mbs, 2),
+        "ssh_tunnel_MBps": round(ssh_mbs, 2),
+        "ratio": round(forward_mbs / ssh_mbs, 2),
+        "bytes_forward": direct["bytes"],
+        "bytes_tunnel": tunnelled["bytes"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--load", type=int, default=100)
+    parser.add_argument("--mb", type=int, default=200)
+    args = parser.parse_args()
+    bench = Bench("fwdbench")
+    try:
+        bench.pm("create", bench.name, "-o", "restrict-network=true", "--memory", "2048")
+        env = bench.docker_env()
+        bench.import_busybox(env)
+        added, removed = latency(bench, env, args.runs)
+        result = {"added_s": summary(added), "removed_s": summary(removed)}
+        print(f"added:   median {result['added_s']['median'] * 1000:.0f} ms, p95 {result['added_s']['p95'] * 1000:.0f} ms (n={args.runs})")
+        print(f"removed: median {result['removed_s']['median'] * 1000:.0f} ms, p95 {result['removed_s']['p95'] * 1000:.0f} ms")
+        result["load"] = load(bench, env, args.load)
+        print(f"load:    {result['load']}")
+        result["throughput"] = throughput(bench, env, args.mb)
+        print(f"throughput: {result['throughput']}")
+        print(f"saved to {save('forwards', result)}")
+    finally:
+        bench.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
