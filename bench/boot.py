@@ -21,6 +21,7 @@ from drivers.qemu import QemuDriver, QemuOptions, detect_accelerator  # noqa: E4
 from machine.certs import SSHKeyPair  # noqa: E402
 from machine.driver import BootMedia  # noqa: E402
 from machine.image import MANIFEST_NAME, BootImage  # noqa: E402
+from machine.provision import console_ready  # noqa: E402
 from machine.runner import Runner  # noqa: E402
 from machine.ssh import GuestSSH, SSHTarget  # noqa: E402
 from tests.contract import make_spec  # noqa: E402
@@ -37,7 +38,8 @@ def boot_once(image: BootImage, mode: str, folder: Path) -> float:
         started = time.monotonic()
         driver.start()
         with GuestSSH(target) as ssh:
-            ssh.wait(180)
+            # As `create` does: the first attempt waits for the console's ready line.
+            ssh.wait(180, booted=console_ready(driver.serial_log()))
             ssh.run("true")
             return time.monotonic() - started
     finally:

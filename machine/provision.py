@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,10 @@ ENGINE = "/usr/libexec/pymachine/engine"
 #: The files `configure` writes; their sums in the guest tell whether anything changed.
 CONFIG_FILES = [f"{TLS_DIR}/ca.pem", f"{TLS_DIR}/server.pem", f"{TLS_DIR}/server-key.pem", f"{GUEST_STATE}/daemon.json", f"{GUEST_STATE}/dockerd.args"]
 SSH_TIMEOUT = 120.0
+#: The guest's console line once SSH is up (iso/rootfs/etc/init.d/rcS).
+READY_LINE = b"pymachine: ready"
+#: How long a console without that line holds back the first SSH attempt.
+CONSOLE_READY_WAIT = 30.0
 DOCKER_TIMEOUT = 90.0
 
 
@@ -87,6 +93,26 @@ def engine_flags(engine_options: list[str]) -> list[str]:
     return flags
 
 
+def console_ready(log: Path, patience: float = CONSOLE_READY_WAIT) -> Callable[[], bool]:
+    """A check that the guest's console (this boot's serial log) shows the ready line.
+
+    A console that stays silent (a hypervisor that writes it late, another image)
+    holds SSH back for `patience` seconds at most; connections are tried after that.
+    """
+    give_up = time.monotonic() + patience
+
+    def booted() -> bool:
+        if time.monotonic() > give_up:
+            return True
+        try:
+            with open(log, "rb") as handle:
+                return READY_LINE in handle.read()
+        except OSError:
+            return False
+
+    return booted
+
+
 class Provisioner:
     """Runs the provisioning steps for one machine."""
 
@@ -101,7 +127,8 @@ class Provisioner:
 
     def wait_for_ssh(self, timeout: float = SSH_TIMEOUT) -> None:
         with self.progress.step("Waiting for SSH"):
-            self.ssh.wait(timeout, on_failure=lambda: tail(self.driver.serial_log()))
+            log = self.driver.serial_log()
+            self.ssh.wait(timeout, on_failure=lambda: tail(log), booted=console_ready(log) if log else None)
 
     def facts(self) -> GuestFacts:
         script = (

@@ -64,7 +64,7 @@ class GuestSSH:
             return
         self._client = self._open(self.connect_timeout)
 
-    def _open(self, timeout: float) -> Any:
+    def _open(self, timeout: float, banner_timeout: float | None = None) -> Any:
         import paramiko
 
         target = self.target
@@ -86,8 +86,8 @@ class GuestSSH:
                 look_for_keys=False,
                 allow_agent=False,
                 timeout=timeout,
-                banner_timeout=timeout,
-                auth_timeout=timeout,
+                banner_timeout=banner_timeout or timeout,
+                auth_timeout=max(timeout, 10.0),
             )
         except paramiko.BadHostKeyException:
             client.close()
@@ -111,17 +111,26 @@ class GuestSSH:
             raise _Retryable(str(exc) or type(exc).__name__) from None
         return client
 
-    def wait(self, timeout: float, on_failure: Callable[[], str] | None = None) -> None:
-        """Connect, retrying with backoff while the guest boots, for up to `timeout` seconds.
+    def wait(self, timeout: float, on_failure: Callable[[], str] | None = None, booted: Callable[[], bool] | None = None) -> None:
+        """Connect, retrying while the guest boots, for up to `timeout` seconds.
 
+        `booted` (when given) tells that the guest says it is ready, e.g. from its
+        console: until then no connection is tried. That matters because a forwarded
+        port accepts at once while the guest is still booting, and such an early
+        connection then hangs until its timeout, well after sshd is up.
         `on_failure` supplies extra text (such as the last console lines) for the error.
         """
         deadline = time.monotonic() + timeout
+        if booted is not None:
+            while not booted() and time.monotonic() < deadline:
+                time.sleep(0.05)
         pause = 0.1
         last = "no answer"
         while True:
             try:
-                self._client = self._open(min(5.0, max(1.0, deadline - time.monotonic())))
+                # A short banner timeout: a connection made too early is abandoned
+                # and retried rather than waited on.
+                self._client = self._open(min(5.0, max(1.0, deadline - time.monotonic())), banner_timeout=2.0)
                 return
             except _Retryable as exc:
                 last = str(exc)
@@ -132,7 +141,7 @@ class GuestSSH:
                     f"Run `pymachine logs {self.target.machine}` to see its console",
                 )
             time.sleep(pause)
-            pause = min(pause * 1.5, 1.0)
+            pause = min(pause * 1.5, 0.5)
 
     def close(self) -> None:
         if self._client is not None:

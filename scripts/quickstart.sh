@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on a fresh Debian machine, end to end: install what is needed, build the
 # boot image, create a machine, run a container that publishes port 3001, and show it
-# answering on this host's localhost:3001. Run it as root; run it again any time.
+# answering on this host's localhost:3001. Run it again any time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh

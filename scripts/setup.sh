@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs what pymachine needs on a Debian or Ubuntu host, then pymachine itself into
-# .venv. Safe to run again: it installs only what is missing. Run it as root.
+# .venv. Safe to run again: it installs only what is missing. apt-get runs through sudo
+# when this is not run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+sudo=""
+[ "$(id -u)" = 0 ] || sudo=sudo
 
 packages=()
 command -v qemu-system-x86_64 >/dev/null || packages+=(qemu-system-x86)
@@ -16,11 +19,11 @@ python3 -c 'import ensurepip, venv' 2>/dev/null || packages+=(python3-venv)
 # The boot image is built from Debian packages fetched with `apt-get download`:
 # the package lists must be there even when nothing needs installing.
 if ((${#packages[@]})) || ! apt-cache show busybox-static >/dev/null 2>&1; then
-    apt-get update -qq
+    $sudo apt-get update -qq
 fi
 if ((${#packages[@]})); then
     echo "setup: installing ${packages[*]}" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -97,7 +97,12 @@ class ScriptedGuest:
     def _reachable(self) -> bool:
         return self.target.host == "127.0.0.1" and self.farm.forward_works(self.target.machine, "tcp", self.target.port, 22)
 
-    def wait(self, timeout: float, on_failure: Callable[[], str] | None = None) -> None:
+    def wait(self, timeout: float, on_failure: Callable[[], str] | None = None, booted: Callable[[], bool] | None = None) -> None:
+        if booted is not None and not booted():
+            raise SSHError(
+                f"Machine '{self.target.machine}' never said it was ready on its console",
+                f"Run `pymachine logs {self.target.machine}` to see its console",
+            )
         if not self._reachable():
             raise SSHError(
                 f"Machine '{self.target.machine}' did not answer SSH on {self.target.host}:{self.target.port} within {timeout:.0f}s (connection refused)",

@@ -259,6 +259,8 @@ def start(data: dict[str, Any], args: list[str], out: list[str]) -> None:
         raise Failure("Failed to start the VM: The VM is already running.")  # wording unconfirmed
     vm["status"] = "running"
     _serial(vm, f"Linux version 6.1.0 (fake Parallels guest {vm['name']})")
+    # What the pymachine boot image prints on its console once SSH is up.
+    _serial(vm, f"pymachine: ready hostname={vm['name']} ip=10.211.55.5 ssh=22 data=/dev/sda")
     out.append("The VM has been successfully started.")
 
 

@@ -208,6 +208,8 @@ class Host:
                     raise VBoxFault(VBOX_E_FILE_ERROR, f"Could not open the medium '{path}'. VD: error VERR_FILE_NOT_FOUND opening image file '{path}' (VERR_FILE_NOT_FOUND)", "MediumWrap", "IMedium")
         self.set_state(machine, "running")
         self._serial(machine, f"Linux version 6.1.0 (fake VirtualBox guest {machine['name']})")
+        # What the pymachine boot image prints on its console once SSH is up.
+        self._serial(machine, f"pymachine: ready hostname={machine['name']} ip=10.0.2.15 ssh=22 data=/dev/sda")
 
     def press_power_button(self, machine: dict[str, Any]) -> None:
         machine["acpi_pressed"] = time.time()
