@@ -67,6 +67,9 @@ def detect_accelerator(runner: Runner, requested: str = "auto") -> Accelerator:
         return Accelerator(requested, "asked for with -o accel")
     system = platform.system()
     if system == "Darwin":
+        if platform.machine() == "arm64":
+            # HVF runs arm64 guests only there; the boot image is amd64 (no arm64 build yet).
+            return Accelerator("tcg", "Apple Silicon: HVF cannot run the amd64 image, so it is emulated")
         out = runner.run(["sysctl", "-n", "kern.hv_support"], check=False)
         if out.stdout.strip() == "1":
             return Accelerator("hvf", "kern.hv_support is 1")
@@ -168,8 +171,10 @@ class QemuDriver(Driver):
         version = out.split("version", 1)[1].split()[0] if "version" in out else ""
         return HostReport(True, version, accel.name, accel.reason)
 
-    def hardware_accelerated(self) -> bool:
-        return detect_accelerator(self.runner, self.options.accel).name != "tcg"
+    @classmethod
+    def hardware_accelerated(cls, runner: Runner, options: DriverOptions) -> bool:
+        assert isinstance(options, QemuOptions)
+        return detect_accelerator(runner, options.accel).name != "tcg"
 
     def create(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -215,7 +215,7 @@ class ImageBuilder:
     # -- steps --------------------------------------------------------------------
 
     def _require_tools(self) -> None:
-        hint = "Building the boot image needs a Debian or Ubuntu host (apt-get and dpkg-deb); elsewhere, use a released image: `pymachine create --iso URL`"
+        hint = "Building the boot image needs a Debian 12 (bookworm) host with apt-get and dpkg-deb; elsewhere, use a released image: `pymachine create --iso URL`"
         for tool in ("apt-get", "dpkg-deb"):
             if self.runner.which(tool) is None:
                 raise ImageError(f"`{tool}` is not installed", hint)
@@ -482,13 +482,12 @@ class ImageBuilder:
 def make_lock(runner: Runner, path: Path = LOCK_PATH) -> str:
     """Pin the candidate version of every package the recipe needs, from apt's lists."""
     if runner.which("apt-cache") is None:
-        raise DriverNotAvailable("`apt-cache` is not installed", "Pin packages on a Debian or Ubuntu host")
-    meta = _apt_show(runner, [recipe.KERNEL_METAPACKAGE])[recipe.KERNEL_METAPACKAGE]
-    kernel = next(
-        dep.strip().split()[0]
-        for dep in meta.get("Depends", "").split(",")
-        if dep.strip().startswith("linux-image-")
-    )
+        raise DriverNotAvailable("`apt-cache` is not installed", "Pin packages on a Debian 12 (bookworm) host")
+    meta = _apt_show(runner, [recipe.KERNEL_METAPACKAGE]).get(recipe.KERNEL_METAPACKAGE)
+    kernels = [dep.strip().split()[0] for dep in (meta or {}).get("Depends", "").split(",") if dep.strip().startswith("linux-image-")]
+    if not kernels:
+        raise ImageError(f"apt knows no {recipe.KERNEL_METAPACKAGE} with a kernel to pin", "Pin packages on a Debian 12 (bookworm) host after `apt-get update`")
+    kernel = kernels[0]
     names = sorted({*wanted_packages(), kernel})
     shown = _apt_show(runner, names)
     lines = [

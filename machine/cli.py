@@ -48,7 +48,10 @@ def run_cli(args: list[str]) -> int:
             print(exc.format_message(), file=sys.stderr)
             return 0
         where = f"pymachine {exc.ctx.command_path.split(' ', 1)[1]}" if exc.ctx and " " in exc.ctx.command_path else "pymachine"
-        _error(f"{exc.format_message().rstrip('.')}. Run `{where} --help`.")
+        message = exc.format_message().strip()
+        if not message.endswith((".", "?", "!", ")")):
+            message += "."
+        _error(f"{message} Run `{where} --help`.")
         return 1
     except click.exceptions.Abort:
         _error("Aborted.")

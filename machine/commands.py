@@ -221,6 +221,9 @@ def remove(
 ) -> None:
     """Remove machines: their VMs, disks, files and docker contexts."""
     machines = _machines()
+    for name in names:
+        if not machines.store.exists(name):
+            machines.load(name)  # the usual one-line error for a bad or unknown name
     if not yes:
         if not sys.stdin.isatty():
             raise MachineError("rm needs confirmation", f"Run `pymachine rm -y {' '.join(names)}`")
@@ -284,12 +287,15 @@ def list_machines(
 ) -> None:
     """List machines and their states (asked of the hypervisors in parallel)."""
     rows = _machines().list(timeout=timeout)
+    # As docker-machine: values of one key are alternatives, different keys must all match.
+    wanted: dict[str, list[str]] = {}
     for item in filters:
         key, _, value = item.partition("=")
-        field_name = {"name": "name", "driver": "driver", "state": "state"}.get(key.lower())
-        if field_name is None:
+        if key.lower() not in ("name", "driver", "state"):
             raise MachineError(f"Unknown filter '{key}' (use name=, driver= or state=)", "Run `pymachine ls --help`")
-        rows = [r for r in rows if _matches(getattr(r, field_name), value)]
+        wanted.setdefault(key.lower(), []).append(value)
+    for key, values in wanted.items():
+        rows = [r for r in rows if any(_matches(getattr(r, key), v) for v in values)]
     if quiet:
         for row in rows:
             print(row.name)

@@ -252,8 +252,9 @@ class Driver(abc.ABC):
     def host_report(cls, runner: Runner) -> HostReport:
         """Installed or not, its version, and whether hardware acceleration is usable."""
 
-    def hardware_accelerated(self) -> bool:
-        """True if the VM uses hardware virtualization (and so may clash with other hypervisors)."""
+    @classmethod
+    def hardware_accelerated(cls, runner: Runner, options: DriverOptions) -> bool:
+        """True if its VMs use hardware virtualization (and so may clash with other hypervisors)."""
         return True
 
     def details(self) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from .iso9660 import SECTOR, volume_id
 ARCH = "amd64"
 BOOT_VOLUME_ID = "PYMACHINE"
 MANIFEST_NAME = f"pymachine-{__version__}-{ARCH}.manifest.json"
-BUILD_HINT = "Build it with `pymachine image build` (Debian or Ubuntu), or pass `--iso PATH|URL` of a released image"
+BUILD_HINT = "Build it with `pymachine image build` (on Debian 12), or pass `--iso URL` of a released image"
 
 
 @dataclass(frozen=True)
@@ -82,19 +82,10 @@ class BootImage:
         if iso is None:
             return cls.from_manifest(manifest)
         if iso.startswith(("http://", "https://")):
-            local = _download(iso, Path(cache), download_progress)
-            if not manifest.is_file():
-                base = iso.rsplit("/", 1)[0]
-                _download(f"{base}/{MANIFEST_NAME}", Path(cache), download_progress)
-                built = cls.from_manifest(manifest)
-                if built.engine_bundle is None:
-                    bundle_name = json.loads(manifest.read_text())["artifacts"]["engine"]["file"]
-                    _download(f"{base}/{bundle_name}", Path(cache), download_progress)
-            iso_path = local
-        else:
-            iso_path = Path(iso).expanduser().resolve()
-            if not iso_path.is_file():
-                raise ImageError(f"No ISO at {iso_path}", "Check the path given to --iso")
+            return cls.from_release(iso, Path(cache), download_progress)
+        iso_path = Path(iso).expanduser().resolve()
+        if not iso_path.is_file():
+            raise ImageError(f"No ISO at {iso_path}", "Check the path given to --iso")
         with open(iso_path, "rb") as handle:
             head = handle.read(17 * SECTOR)
         if len(head) < 17 * SECTOR or head[16 * SECTOR + 1 : 16 * SECTOR + 6] != b"CD001":
@@ -121,6 +112,29 @@ class BootImage:
             engine_sha256=built.engine_sha256,
             engine_version=built.engine_version,
         )
+
+    @classmethod
+    def from_release(cls, url: str, cache: Path, progress: Callable[[str, int], Callable[[int, int], None]] | None = None) -> BootImage:
+        """A published release: the ISO at `url`, with the manifest and the other files
+        beside it, each downloaded into the cache once and checked against the manifest."""
+        base, name = url.rsplit("/", 1)
+        cache.mkdir(parents=True, exist_ok=True)
+        manifest_path = cache / MANIFEST_NAME
+        _download(f"{base}/{MANIFEST_NAME}", manifest_path, None, progress, replace=True)
+        try:
+            artifacts = json.loads(manifest_path.read_text())["artifacts"]
+        except (ValueError, KeyError):
+            raise ImageError(f"{base}/{MANIFEST_NAME} is not a pymachine image manifest", "Check the URL given to --iso") from None
+        if artifacts.get("iso", {}).get("file") != name:
+            raise ImageError(
+                f"{url} is not the ISO its release manifest names ({artifacts.get('iso', {}).get('file')})",
+                "Pass the URL of the release's ISO to --iso",
+            )
+        for item in artifacts.values():
+            target = cache / item["file"]
+            if not (target.is_file() and _sha256(target) == item["sha256"]):
+                _download(f"{base}/{item['file']}", target, item["sha256"], progress, replace=True)
+        return cls.from_manifest(manifest_path)
 
     def pin(self, directory: Path) -> BootImage:
         """Hard-link (or copy) the boot files into a machine's folder.
@@ -164,22 +178,31 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _download(url: str, cache: Path, progress: Callable[[str, int], Callable[[int, int], None]] | None) -> Path:
-    """Download `url` into the cache (once); progress gets (title, total) -> callback(done, total)."""
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _download(url: str, target: Path, sha256: str | None, progress: Callable[[str, int], Callable[[int, int], None]] | None, replace: bool = False) -> Path:
+    """Download `url` to `target` (atomically), checking its sha256 when one is given.
+
+    progress gets (title, total) and returns a callback(done, total).
+    """
     import requests
 
-    cache.mkdir(parents=True, exist_ok=True)
-    name = url.rsplit("/", 1)[-1] or "download"
-    target = cache / name
-    if target.is_file():
+    if target.is_file() and not replace:
         return target
-    partial = cache / f".{name}.partial"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
     try:
         with requests.get(url, stream=True, timeout=30) as response:
             if response.status_code != 200:
                 raise ImageError(f"Downloading {url} failed: HTTP {response.status_code}", "Check the URL given to --iso")
             total = int(response.headers.get("content-length") or 0)
-            report = progress(f"Downloading {name}", total) if progress else None
+            report = progress(f"Downloading {target.name}", total) if progress else None
             digest = hashlib.sha256()
             done = 0
             with open(partial, "wb") as handle:
@@ -195,6 +218,9 @@ def _download(url: str, cache: Path, progress: Callable[[str, int], Callable[[in
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+    if sha256 and digest.hexdigest() != sha256:
+        partial.unlink(missing_ok=True)
+        raise ImageError(f"{url} does not match the sha256 in its release manifest", "Download again later, or check the release")
     os.replace(partial, target)
     return target
 

@@ -20,7 +20,7 @@ from typing import Any
 from .certs import CertificateAuthority, CertPaths, SSHKeyPair
 from .configmedium import write_config_medium
 from .dockercontext import DockerContexts, context_name, current_context
-from .driver import BootMedia, Driver, MachineSpec, State, load_driver
+from .driver import BootMedia, Driver, DriverOptions, MachineSpec, State, load_driver
 from .errors import (
     DriverError,
     Interrupted,
@@ -166,6 +166,8 @@ class Machines:
         driver_options = cls.options_class.parse(options.driver_options)
         with self.progress.step(f"Checking the {options.driver} driver"):
             cls.precheck(self.home.runner, driver_options)
+        # Before anything is made: a refusal must leave nothing to clean up.
+        self._guard(cls, driver_options, options.force)
         image = BootImage.locate(self.home.cache, options.iso, download_progress=self.progress.transfer)
 
         config = MachineConfig(
@@ -190,7 +192,6 @@ class Machines:
                 with self.progress.step("Preparing keys, certificates and the config medium"):
                     self._prepare(config, directory, image)
                 driver = self.driver(config)
-                self._guard(config, driver, options.force)
                 with self.progress.step(f"Creating the {options.driver} VM"):
                     driver.create()
                 driver = self._start_vm(config, driver)
@@ -316,7 +317,7 @@ class Machines:
                 raise MachineStateError(f"Machine '{name}' is already running", f"Run `pymachine restart {name}` to reboot it")
             if state == State.NOT_FOUND:
                 raise MachineStateError(f"The VM of machine '{name}' no longer exists in {config.driver}", f"Run `pymachine rm -f {name}` and create it again")
-            self._guard(config, driver, force)
+            self._guard(type(driver), driver.options, force)
             ports_before = (config.ssh_port, config.docker_port)
             driver = self._start_vm(config, driver)
             try:
@@ -477,11 +478,12 @@ class Machines:
 
     # -- hooks for the forward watcher and the hypervisor guard ---------------------------
 
-    def _guard(self, config: MachineConfig, driver: Driver, force: bool) -> None:
+    def _guard(self, cls: type[Driver], options: DriverOptions, force: bool) -> None:
         """Refuse to start a VM while another hypervisor runs VMs (see machine.guard)."""
         from .guard import HypervisorGuard
 
-        HypervisorGuard(self.home.runner).check(config.driver, force=force, accelerated=driver.hardware_accelerated(), progress=self.progress)
+        accelerated = cls.hardware_accelerated(self.home.runner, options)
+        HypervisorGuard(self.home.runner).check(cls.name, force=force, accelerated=accelerated, progress=self.progress)
 
     def _after_ready(self, config: MachineConfig) -> None:
         """Start the machine's forward watcher."""

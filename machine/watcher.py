@@ -318,8 +318,20 @@ def _now() -> str:
 
 
 def _busy_reason(forward: PortForward, detail: str) -> str:
-    if forward.host_port < 1024 and hasattr(os, "geteuid") and os.geteuid() != 0:
+    """Why the host refused the port: try binding it the same way to learn the errno."""
+    import errno
+    import socket
+
+    kind = socket.SOCK_STREAM if forward.protocol == "tcp" else socket.SOCK_DGRAM
+    try:
+        with socket.socket(socket.AF_INET, kind) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((forward.host_ip, forward.host_port))
+    except PermissionError:
         return f"host port {forward.host_port} is privileged (below 1024) and pymachine does not run as root"
+    except OSError as exc:
+        if exc.errno == errno.EADDRNOTAVAIL:
+            return f"host address {forward.host_ip} does not exist on this host"
     return f"host port {forward.host_ip}:{forward.host_port}/{forward.protocol} is in use on this host"
 
 

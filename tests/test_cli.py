@@ -129,7 +129,7 @@ def test_unknown_machine(args: list[str], storage: Path, capsys: pytest.CaptureF
             "Error: Unknown option 'colour' for this driver (it takes: accel, aslr, binary, boot, restrict-network). Run `pymachine drivers` to see each driver's options",
         ),
         (["create", "x", "-o", "restrict-network=maybe"], "Error: Option 'restrict-network' takes true or false, not 'maybe'. Run `pymachine drivers`"),
-        (["rm", "ghost"], "Error: rm needs confirmation. Run `pymachine rm -y ghost`"),
+        (["rm", "ghost"], "Error: Machine 'ghost' does not exist. Run `pymachine ls`"),
         (["active"], "Error: No machine is active. Run `eval $(pymachine env NAME)` or `pymachine use NAME`"),
         (["env", "--shell", "ksh", "x"], "Error: Unknown shell 'ksh' (known: bash, zsh, sh, fish, powershell, cmd, tcsh, emacs). Run `pymachine env --help`"),
     ],
@@ -178,7 +178,7 @@ def _error_line_last(code: int, out: str, err: str) -> str:
 def test_create_without_a_boot_image_says_how_to_get_one_and_leaves_nothing(storage: Path, fake_qemu_on_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     line = _error_line_last(*cli(capsys, "create", "dev"))
     assert "No boot image in" in line
-    assert "`pymachine image build`" in line and "--iso PATH|URL" in line
+    assert "`pymachine image build`" in line and "--iso URL" in line
     assert Store(storage).names() == []
     assert not (storage / "machines" / "dev").exists()
     assert not (storage / "certs").exists()
@@ -214,6 +214,15 @@ def test_config_from_the_future_is_refused_in_one_line(args: list[str], storage:
         f"this one reads up to {CONFIG_VERSION}). Upgrade pymachine with `pip install -U pymachine`"
     )
     assert (storage / "machines" / "future" / "config.json").exists()
+
+
+def test_rm_of_an_existing_machine_needs_confirmation_without_a_terminal(storage: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from machine.store import MachineConfig, Store
+
+    Store(storage).reserve(MachineConfig(name="keep", driver="qemu"))
+    got = assert_one_line_error(*cli(capsys, "rm", "keep"))
+    assert got == "Error: rm needs confirmation. Run `pymachine rm -y keep`"
+    assert (storage / "machines" / "keep").is_dir(), "nothing is removed without confirmation"
 
 
 def test_rm_force_removes_a_machine_it_cannot_read(storage: Path, capsys: pytest.CaptureFixture[str]) -> None:

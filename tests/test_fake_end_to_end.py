@@ -160,4 +160,4 @@ def test_create_refuses_to_start_beside_another_hypervisor(world: tuple[Machines
         other.stop_all()
     assert f"Parallels VM 'win11' (pid {pid}; stop it with `prlctl stop 'win11'`)" in str(caught.value)
     assert not any(call[1] == "createvm" for call in fake.calls())
-    assert machines.status("dev") == "Error"
+    assert not machines.store.exists("dev"), "a refused create leaves nothing to clean up"

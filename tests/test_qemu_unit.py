@@ -227,7 +227,7 @@ def test_paravirtual_kvm_falls_back_to_tcg_with_a_reason(tmp_path: Path) -> None
     assert chosen.name == "tcg"
     assert "cannot run a stock kernel" in chosen.reason
     driver = make_driver(tmp_path)  # accel=auto
-    assert driver.hardware_accelerated() is False
+    assert QemuDriver.hardware_accelerated(driver.runner, driver.options) is False
     assert value_after(driver.command_line(), "-accel") == ["tcg,thread=multi"]
     assert driver.details()["accelerator"] == "tcg"
     assert driver.details()["accelerator_reason"] == chosen.reason

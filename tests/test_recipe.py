@@ -412,7 +412,7 @@ def test_build_without_apt_get_says_what_to_do(recipe_copy: tuple[Path, Path], t
     message = str(caught.value)
     assert "\n" not in message
     assert message.startswith("`apt-get` is not installed.")
-    assert "Debian or Ubuntu" in message and "`pymachine create --iso URL`" in message
+    assert "Debian 12 (bookworm)" in message and "`pymachine create --iso URL`" in message
     assert not image_builder.output.exists()
     assert not image_builder.work.exists()
 
@@ -435,7 +435,7 @@ def test_image_build_command_without_apt_get_is_one_line(tmp_path: Path) -> None
     assert done.returncode == 1
     assert done.stdout == ""
     assert done.stderr.count("\n") == 1
-    assert done.stderr.startswith("Error: `apt-get` is not installed. Building the boot image needs a Debian or Ubuntu host")
+    assert done.stderr.startswith("Error: `apt-get` is not installed. Building the boot image needs a Debian 12 (bookworm) host")
 
 
 # -- kernel modules ------------------------------------------------------------------
