@@ -26,7 +26,7 @@ from typing import Any
 
 from machine import __version__
 from machine.errors import CommandFailed, DriverNotAvailable, ImageError
-from machine.image import MANIFEST_NAME
+from machine.image import MANIFEST_NAME, sha256_file
 from machine.iso9660 import IsoWriter
 from machine.progress import Progress
 from machine.runner import Runner
@@ -233,7 +233,7 @@ class ImageBuilder:
         missing: list[LockedPackage] = []
         for package in lock.values():
             path = self._deb_path(debs_dir, package)
-            if path is not None and _sha256_file(path) == package.sha256:
+            if path is not None and sha256_file(path) == package.sha256:
                 found[package.name] = path
             else:
                 missing.append(package)
@@ -250,7 +250,7 @@ class ImageBuilder:
                 path = self._deb_path(debs_dir, package)
                 if path is None:
                     raise ImageError(f"apt-get did not leave {package.name}_{package.version} in {debs_dir}", "Run `apt-get update` and build again")
-                actual = _sha256_file(path)
+                actual = sha256_file(path)
                 if actual != package.sha256:
                     raise ImageError(
                         f"{path.name} has sha256 {actual[:12]}..., the lock says {package.sha256[:12]}...",
@@ -521,14 +521,6 @@ def _apt_show(runner: Runner, names: list[str]) -> dict[str, dict[str, str]]:
 
 
 # -- helpers ---------------------------------------------------------------------
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _only(items: Iterable[str]) -> str:

@@ -132,7 +132,7 @@ class BootImage:
             )
         for item in artifacts.values():
             target = cache / item["file"]
-            if not (target.is_file() and _sha256(target) == item["sha256"]):
+            if not (target.is_file() and sha256_file(target) == item["sha256"]):
                 _download(f"{base}/{item['file']}", target, item["sha256"], progress, replace=True)
         return cls.from_manifest(manifest_path)
 
@@ -178,7 +178,8 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -15,6 +15,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from .certs import CertificateAuthority, CertPaths, SSHKeyPair
@@ -196,9 +197,7 @@ class Machines:
                     driver.create()
                 driver = self._start_vm(config, driver)
                 self._provision(config, driver, image)
-                config.status = STATUS_READY
-                config.error = ""
-                self.store.save(config)
+                self._mark_ready(config)
             self._after_ready(config)
             return config
         except KeyboardInterrupt:
@@ -225,6 +224,11 @@ class Machines:
         self.ca.ensure()
         self.ca.copy_client(CertPaths(directory))
         config.ssh_port, config.docker_port = self._free_ports(2, exclude=self._ports_in_use())
+        self.store.save(config)
+
+    def _mark_ready(self, config: MachineConfig) -> None:
+        config.status = STATUS_READY
+        config.error = ""
         self.store.save(config)
 
     def _write_known_hosts(self, name: str, host_public: str) -> None:
@@ -333,32 +337,26 @@ class Machines:
             except MachineError:
                 driver.kill()
                 raise
-            config.status = STATUS_READY
-            config.error = ""
-            self.store.save(config)
+            self._mark_ready(config)
         self._after_ready(config)
 
     def stop(self, name: str, timeout: float = STOP_TIMEOUT) -> bool:
         """Shut the guest down cleanly (force it after `timeout`); False if it was not running."""
-        config = self.load(name)
-        with self.store.lock(name):
-            driver = self.driver(config)
-            self._before_stop(config, driver)
-            if driver.state() in (State.STOPPED, State.NOT_FOUND):
-                return False
-            with self.progress.step(f"Stopping machine '{name}'"):
-                driver.stop(timeout)
-        return True
+        return self._power_off(name, "Stopping", lambda driver: driver.stop(timeout))
 
     def kill(self, name: str) -> bool:
+        """Power the VM off at once; False if it was not running."""
+        return self._power_off(name, "Killing", lambda driver: driver.kill())
+
+    def _power_off(self, name: str, verb: str, how: Callable[[Driver], None]) -> bool:
         config = self.load(name)
         with self.store.lock(name):
             driver = self.driver(config)
             self._before_stop(config, driver)
             if driver.state() in (State.STOPPED, State.NOT_FOUND):
                 return False
-            with self.progress.step(f"Killing machine '{name}'"):
-                driver.kill()
+            with self.progress.step(f"{verb} machine '{name}'"):
+                how(driver)
         return True
 
     def restart(self, name: str, force: bool = False) -> None:
@@ -410,9 +408,7 @@ class Machines:
         with self.store.lock(name):
             driver = self._running_driver(config)
             self._provision(config, driver, self._image_of(config), reinstall=reinstall)
-            config.status = STATUS_READY
-            config.error = ""
-            self.store.save(config)
+            self._mark_ready(config)
         self._after_ready(config)
 
     def regenerate_certs(self, name: str, include_ca: bool = False) -> None:
@@ -446,8 +442,7 @@ class Machines:
             self.store.save(config)
             driver = self._start_vm(config, self.driver(config))
             self._provision(config, driver, image)
-            config.status = STATUS_READY
-            self.store.save(config)
+            self._mark_ready(config)
         self._after_ready(config)
 
     def _running_driver(self, config: MachineConfig) -> Driver:
@@ -467,9 +462,9 @@ class Machines:
         if current is not None and (bundle is None or not bundle.exists() or current.engine_bundle == bundle):
             return current
         if bundle is not None and bundle.exists():
-            import hashlib
+            from .image import sha256_file
 
-            digest = hashlib.sha256(bundle.read_bytes()).hexdigest()
+            digest = sha256_file(bundle)
             version = config.engine_version or bundle.name.split("-")[2]
             return BootImage(iso=Path(config.iso), version=config.image_version, engine_bundle=bundle, engine_sha256=digest, engine_version=version)
         if current is not None:

@@ -47,24 +47,25 @@ def forward(cli: CLI, host_port: int, protocol: str = "tcp") -> dict | None:
 def test_published_port_answers_at_once_and_goes_with_the_container(cli: CLI) -> None:
     port = free_port()
     web(cli, "plain", f"{port}:80")
-    assert wait_for(lambda: http_get(port) is not None, timeout=2, interval=0.02), "nothing answered within 2 s of docker run"
+    # How fast is bench/forwards.py's business; here it must simply happen, unaided.
+    assert wait_for(lambda: http_get(port) is not None, timeout=15, interval=0.02), "nothing answered after docker run"
     assert "hello" in (http_get(port) or "")
     item = forward(cli, port)
     assert item and item["state"] == "active" and item["container"] == "plain"
     assert item["host_ip"] == "127.0.0.1", "a bare -p binds the host's loopback by default"
     cli.docker(NAME, "stop", "-t", "1", "plain")
-    assert wait_for(lambda: http_get(port, timeout=0.5) is None, timeout=2, interval=0.02), "still answering after docker stop"
+    assert wait_for(lambda: http_get(port, timeout=0.5) is None, timeout=15, interval=0.02), "still answering after docker stop"
     assert forward(cli, port) is None
     cli.docker(NAME, "start", "plain")
-    assert wait_for(lambda: http_get(port) is not None, timeout=5, interval=0.05), "docker start did not bring the forward back"
+    assert wait_for(lambda: http_get(port) is not None, timeout=20, interval=0.05), "docker start did not bring the forward back"
     cli.docker(NAME, "rm", "-f", "plain")
-    assert wait_for(lambda: http_get(port, timeout=0.5) is None, timeout=2, interval=0.02)
+    assert wait_for(lambda: http_get(port, timeout=0.5) is None, timeout=15, interval=0.02)
 
 
 def test_loopback_binding_reaches_a_port_bound_to_the_guests_loopback(cli: CLI) -> None:
     port = free_port()
     web(cli, "loop", f"127.0.0.1:{port}:8080", port=8080)
-    assert wait_for(lambda: http_get(port) is not None, timeout=10, interval=0.05)
+    assert wait_for(lambda: http_get(port) is not None, timeout=30, interval=0.05)
     assert forward(cli, port)["host_ip"] == "127.0.0.1"
     cli.docker(NAME, "rm", "-f", "loop")
 
@@ -72,7 +73,7 @@ def test_loopback_binding_reaches_a_port_bound_to_the_guests_loopback(cli: CLI) 
 def test_all_interfaces_binding_when_asked(cli: CLI) -> None:
     port = free_port()
     web(cli, "wide", f"0.0.0.0:{port}:80")
-    assert wait_for(lambda: http_get(port) is not None, timeout=5, interval=0.05)
+    assert wait_for(lambda: http_get(port) is not None, timeout=20, interval=0.05)
     assert forward(cli, port)["host_ip"] == "0.0.0.0"
     cli.docker(NAME, "rm", "-f", "wide")
 
@@ -81,7 +82,7 @@ def test_random_host_port_with_dash_P(cli: CLI) -> None:
     cli.docker(NAME, "run", "-d", "--name", "random", "--expose", "80", "-P", IMAGE, "httpd", "-f", "-p", "80", "-h", "/www")
     mapped = cli.docker(NAME, "port", "random", "80/tcp").stdout.splitlines()[0]
     port = int(mapped.rsplit(":", 1)[1])
-    assert wait_for(lambda: http_get(port) is not None, timeout=5, interval=0.05)
+    assert wait_for(lambda: http_get(port) is not None, timeout=20, interval=0.05)
     cli.docker(NAME, "rm", "-f", "random")
 
 
@@ -92,15 +93,15 @@ def test_a_port_range(cli: CLI) -> None:
     ports = range(base, base + 3)
     script = " & ".join(f"httpd -p {p} -h /www" for p in ports) + " & sleep 3600"
     cli.docker(NAME, "run", "-d", "--name", "range", "-p", f"{base}-{base + 2}:{base}-{base + 2}", IMAGE, "sh", "-c", script)
-    assert wait_for(lambda: all(http_get(p) is not None for p in ports), timeout=10, interval=0.1)
+    assert wait_for(lambda: all(http_get(p) is not None for p in ports), timeout=30, interval=0.1)
     cli.docker(NAME, "rm", "-f", "range")
-    assert wait_for(lambda: all(forward(cli, p) is None for p in ports), timeout=5)
+    assert wait_for(lambda: all(forward(cli, p) is None for p in ports), timeout=20)
 
 
 def test_udp(cli: CLI) -> None:
     port = free_port()
     cli.docker(NAME, "run", "-d", "--name", "udp", "-p", f"{port}:9999/udp", IMAGE, "nc.openbsd", "-u", "-l", "9999")
-    assert wait_for(lambda: (forward(cli, port, "udp") or {}).get("state") == "active", timeout=5)
+    assert wait_for(lambda: (forward(cli, port, "udp") or {}).get("state") == "active", timeout=20)
     payload = b"datagram-through-the-forward"
 
     def delivered() -> bool:
@@ -109,7 +110,7 @@ def test_udp(cli: CLI) -> None:
         time.sleep(0.3)
         return payload.decode() in cli.docker(NAME, "logs", "udp").stdout
 
-    assert wait_for(delivered, timeout=10, interval=0.2)
+    assert wait_for(delivered, timeout=30, interval=0.2)
     cli.docker(NAME, "rm", "-f", "udp")
 
 
@@ -122,9 +123,9 @@ def test_a_taken_host_port_is_reported_and_disturbs_nothing(cli: CLI) -> None:
     try:
         web(cli, "clash", f"{busy}:80")
         web(cli, "bystander", f"{fine}:80")
-        assert wait_for(lambda: (forward(cli, busy) or {}).get("state") == "failed", timeout=5)
+        assert wait_for(lambda: (forward(cli, busy) or {}).get("state") == "failed", timeout=20)
         assert "in use" in forward(cli, busy)["reason"]
-        assert wait_for(lambda: http_get(fine) is not None, timeout=5)
+        assert wait_for(lambda: http_get(fine) is not None, timeout=20)
         assert cli.pm("ports", NAME).stdout.count("failed") == 1
     finally:
         holder.close()
@@ -134,7 +135,7 @@ def test_a_taken_host_port_is_reported_and_disturbs_nothing(cli: CLI) -> None:
 def test_forwards_come_back_after_the_daemon_restarts(cli: CLI) -> None:
     port = free_port()
     web(cli, "survivor", f"{port}:80", extra=("--restart", "always"))
-    assert wait_for(lambda: http_get(port) is not None, timeout=5)
+    assert wait_for(lambda: http_get(port) is not None, timeout=20)
     cli.pm("ssh", NAME, "/usr/libexec/pymachine/engine restart")
     assert wait_for(lambda: http_get(port) is not None, timeout=120, interval=0.5), "the forward did not come back"
     assert cli.ports(NAME)["watcher"]["state"] == "watching"
@@ -149,30 +150,30 @@ def test_a_killed_watcher_is_restored_by_the_next_command(cli: CLI) -> None:
     import signal
 
     os.kill(pid, signal.SIGKILL)
-    assert wait_for(lambda: not alive(pid), timeout=5)
+    assert wait_for(lambda: not alive(pid), timeout=20)
     cli.pm("status", NAME)  # any command on the machine notices
-    assert wait_for(lambda: (read_pidfile(pidfile) or pid) != pid and alive(read_pidfile(pidfile)), timeout=10)
+    assert wait_for(lambda: (read_pidfile(pidfile) or pid) != pid and alive(read_pidfile(pidfile)), timeout=30)
     port = free_port()
     web(cli, "after", f"{port}:80")
-    assert wait_for(lambda: http_get(port) is not None, timeout=10, interval=0.05)
+    assert wait_for(lambda: http_get(port) is not None, timeout=30, interval=0.05)
     cli.docker(NAME, "rm", "-f", "after")
 
 
 def test_stop_start_and_rm_leave_no_forward_or_process(cli: CLI) -> None:
     port = free_port()
     web(cli, "persist", f"{port}:80", extra=("--restart", "always"))
-    assert wait_for(lambda: http_get(port) is not None, timeout=5)
+    assert wait_for(lambda: http_get(port) is not None, timeout=20)
     watcher = read_pidfile(cli.machine_dir(NAME) / "watcher.pid")
     cli.pm("stop", NAME)
     assert http_get(port, timeout=0.5) is None
-    assert watcher and wait_for(lambda: not alive(watcher), timeout=5)
+    assert watcher and wait_for(lambda: not alive(watcher), timeout=20)
     cli.pm("start", NAME)
     assert wait_for(lambda: http_get(port) is not None, timeout=60, interval=0.2), "the running container's forward was not restored"
     qemu = read_pidfile(cli.machine_dir(NAME) / "qemu.pid")
     watcher = read_pidfile(cli.machine_dir(NAME) / "watcher.pid")
     cli.pm("rm", "-y", NAME)
     assert http_get(port, timeout=0.5) is None
-    assert wait_for(lambda: not alive(qemu) and not alive(watcher), timeout=10)
+    assert wait_for(lambda: not alive(qemu) and not alive(watcher), timeout=30)
 
 
 def _free(port: int) -> bool:
