@@ -72,7 +72,7 @@ def render_env(storage: str | None, name: str | None, shell: str | None, unset: 
     shell = shellenv.check_shell(shell) if shell else shellenv.detect_shell()
     if unset:
         keys = list(shellenv.DOCKER_VARIABLES) + (["NO_PROXY"] if no_proxy else [])
-        return shellenv.render([], keys, shell), shellenv.usage_hint(name or "", shell, True)
+        return shellenv.render(shellenv.ca_bundle_restore(), keys, shell), shellenv.usage_hint(name or "", shell, True)
     assert name is not None
     root = storage or os.environ.get("PYMACHINE_STORAGE_PATH") or "~/.pymachine"
     store = Store(os.path.expanduser(root))
@@ -86,6 +86,7 @@ def render_env(storage: str | None, name: str | None, shell: str | None, unset: 
 
     revive_if_crashed(directory)
     assignments = shellenv.variables(name, config.docker_port, str(directory))
+    assignments += shellenv.ca_bundle_override(str(directory))
     if no_proxy:
         assignments.append(shellenv.no_proxy_value())
     return shellenv.render(assignments, [], shell), shellenv.usage_hint(name, shell, False)

@@ -52,6 +52,66 @@ def no_proxy_value(environ: dict[str, str] | None = None, host: str = "127.0.0.1
     return key, ",".join(existing)
 
 
+#: Python's requests (under the docker SDK, docker-compose 1.x, testcontainers) lets
+#: these variables override the CA a client was given, so with one set the machine's
+#: certificate cannot verify. `env` then points it at a copy of the user's bundle with
+#: the machine's CA added, which keeps every other HTTPS site verifying as before.
+CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+COMBINED_BUNDLE = "ca-bundle-with-system.pem"
+_ORIGIN = "# pymachine: the machine's CA added to "
+
+
+def ca_bundle_override(machine_dir: str, environ: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """(variable, combined bundle path) when the environment sets a CA bundle variable."""
+    environ = os.environ if environ is None else environ
+    for key in CA_BUNDLE_VARIABLES:
+        current = environ.get(key)
+        if not current:
+            continue
+        original = original_bundle(current)
+        target = os.path.join(machine_dir, COMBINED_BUNDLE)
+        try:
+            with open(original, "rb") as handle:
+                system = handle.read()
+            with open(os.path.join(machine_dir, "ca.pem"), "rb") as handle:
+                ours = handle.read()
+        except OSError:
+            return []
+        content = f"{_ORIGIN}{original}\n".encode() + system.rstrip(b"\n") + b"\n" + ours
+        try:
+            with open(target, "rb") as handle:
+                unchanged = handle.read() == content
+        except OSError:
+            unchanged = False
+        if not unchanged:
+            from .store import atomic_write
+
+            atomic_write(__import__("pathlib").Path(target), content, mode=0o644)
+        return [(key, target)]
+    return []
+
+
+def original_bundle(path: str) -> str:
+    """The user's own bundle behind `path`, which may be one of our combined copies."""
+    try:
+        with open(path, "rb") as handle:
+            first = handle.readline().decode(errors="replace").rstrip("\n")
+    except OSError:
+        return path
+    return first[len(_ORIGIN):] if first.startswith(_ORIGIN) else path
+
+
+def ca_bundle_restore(environ: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """For `env --unset`: the user's own bundles back, where env had replaced them."""
+    environ = os.environ if environ is None else environ
+    restored = []
+    for key in CA_BUNDLE_VARIABLES:
+        current = environ.get(key)
+        if current and original_bundle(current) != current:
+            restored.append((key, original_bundle(current)))
+    return restored
+
+
 def render(assignments: list[tuple[str, str]], unset: list[str], shell: str) -> str:
     """Shell code that sets `assignments` and unsets `unset`, in the syntax of `shell`."""
     lines = [_unset(shell, key) for key in unset]

@@ -159,6 +159,25 @@ def test_a_killed_watcher_is_restored_by_the_next_command(cli: CLI) -> None:
     cli.docker(NAME, "rm", "-f", "after")
 
 
+def test_the_python_docker_sdk_works_through_env_and_gets_forwards(cli: CLI, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test library's view (testcontainers, docker-compose 1.x use the docker SDK): even
+    where REQUESTS_CA_BUNDLE is set, as many hosts set it, TLS to the machine verifies."""
+    import docker
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    for key, value in cli.docker_env(NAME).items():
+        if key.startswith("DOCKER_") or key.endswith("_CA_BUNDLE"):
+            monkeypatch.setenv(key, value)
+    client = docker.from_env()
+    port = free_port()
+    container = client.containers.run(IMAGE, ["httpd", "-f", "-p", "80", "-h", "/www"], detach=True, ports={"80/tcp": ("127.0.0.1", port)})
+    try:
+        assert wait_for(lambda: http_get(port) is not None, timeout=20, interval=0.05)
+    finally:
+        container.remove(force=True)
+        client.close()
+
+
 def test_stop_start_and_rm_leave_no_forward_or_process(cli: CLI) -> None:
     port = free_port()
     web(cli, "persist", f"{port}:80", extra=("--restart", "always"))
@@ -183,3 +202,4 @@ def _free(port: int) -> bool:
             return True
         except OSError:
             return False
+

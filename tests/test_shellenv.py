@@ -371,3 +371,45 @@ def test_check_shell_accepts_known_shells_only() -> None:
         assert shellenv.check_shell(shell) == shell
     with pytest.raises(MachineError):
         shellenv.check_shell("Bash")
+
+
+# -- REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE ------------------------------------------------
+
+
+def _machine_with_ca(tmp_path: Path) -> Path:
+    machine = tmp_path / "machine"
+    machine.mkdir()
+    (machine / "ca.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\nOURS\n-----END CERTIFICATE-----\n")
+    return machine
+
+
+def test_a_ca_bundle_variable_is_pointed_at_a_copy_with_the_machines_ca(tmp_path: Path) -> None:
+    from machine.shellenv import ca_bundle_override
+
+    system = tmp_path / "system.pem"
+    system.write_bytes(b"-----BEGIN CERTIFICATE-----\nSYSTEM\n-----END CERTIFICATE-----\n")
+    machine = _machine_with_ca(tmp_path)
+    [(key, path)] = ca_bundle_override(str(machine), {"REQUESTS_CA_BUNDLE": str(system)})
+    assert key == "REQUESTS_CA_BUNDLE"
+    combined = Path(path).read_bytes()
+    assert b"SYSTEM" in combined and b"OURS" in combined, "other sites keep verifying, and so does the machine"
+    # Run again from a shell where env already replaced it: still built from the user's own file.
+    [(_, again)] = ca_bundle_override(str(machine), {"REQUESTS_CA_BUNDLE": path})
+    assert Path(again).read_bytes() == combined
+
+
+def test_no_override_without_such_a_variable(tmp_path: Path) -> None:
+    from machine.shellenv import ca_bundle_override
+
+    assert ca_bundle_override(str(_machine_with_ca(tmp_path)), {}) == []
+
+
+def test_unset_gives_the_users_own_bundle_back(tmp_path: Path) -> None:
+    from machine.shellenv import ca_bundle_override, ca_bundle_restore
+
+    system = tmp_path / "system.pem"
+    system.write_bytes(b"SYSTEM\n")
+    [(key, path)] = ca_bundle_override(str(_machine_with_ca(tmp_path)), {"CURL_CA_BUNDLE": str(system)})
+    assert key == "CURL_CA_BUNDLE"
+    assert ca_bundle_restore({"CURL_CA_BUNDLE": path}) == [("CURL_CA_BUNDLE", str(system))]
+    assert ca_bundle_restore({"CURL_CA_BUNDLE": str(system)}) == [], "a bundle we did not make is left alone"
