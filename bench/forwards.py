@@ -90,7 +90,7 @@ def load(bench: Bench, env: dict, count: int) -> dict:
 
 
 def receive_all(port: int, size: int, results: dict) -> None:
-    """GET /big over HTTP/1.0 and count the bytes until the server closes."""
+    """Download: GET /big over HTTP/1.0 and count the bytes until the server closes."""
     with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
         got = 0
         start = time.monotonic()
@@ -104,53 +104,81 @@ def receive_all(port: int, size: int, results: dict) -> None:
         results["seconds"] = time.monotonic() - start
 
 
+def send_all(port: int, size: int, results: dict) -> None:
+    """Upload: send `size` bytes, close our side, and wait for the receiver to finish."""
+    block = b"\0" * (1 << 20)
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        start = time.monotonic()
+        sent = 0
+        while sent < size:
+            sock.sendall(block)
+            sent += len(block)
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(65536):
+            pass
+        results["bytes"] = sent
+        results["seconds"] = time.monotonic() - start
+
+
+def _upload_works(port: int) -> bool:
+    try:
+        send_all(port, 1 << 20, {})
+    except OSError:
+        return False
+    time.sleep(0.5)
+    return True
+
+
 def throughput(bench: Bench, env: dict, megabytes: int) -> dict:
-    """The same sender in the guest, read once through the forward, once through ssh -L."""
-    port = free_port()
+    """The same servers in a container, through the forward and through `ssh -L`, in
+    both directions; the two paths alternate three times so a busy moment hits both."""
+    down, up = free_port(), free_port()
     bench.docker(
-        "run", "-d", "--name", "sender", "-p", f"{port}:7000", "busybox-local", "sh", "-c",
-        f"dd if=/dev/zero of=/www/big bs=1M count={megabytes} 2>/dev/null && httpd -f -p 7000 -h /www",
+        "run", "-d", "--name", "sender", "-p", f"{down}:7000", "-p", f"{up}:7001", "busybox-local", "sh", "-c",
+        f"dd if=/dev/zero of=/www/big bs=1M count={megabytes} 2>/dev/null && "
+        "(while true; do nc.openbsd -d -l 7001 > /dev/null; done &) && httpd -f -p 7000 -h /www",
         env=env,
     )
-    wait(lambda: http_ok(port, 1.0), timeout=120, interval=0.2)
-    direct_runs: list[dict] = []
-
-    tunnel_port = free_port()
+    wait(lambda: http_ok(down, 1.0), timeout=120, interval=0.2)
+    wait(lambda: _upload_works(up), timeout=60, interval=0.2)
     machine_dir = bench.storage / "machines" / bench.name
-    ssh_port = int([l for l in open(machine_dir / "config.json") if '"ssh_port"' in l][0].split(":")[1].strip(" ,\n"))
+    ssh_port = json.loads((machine_dir / "config.json").read_text())["ssh_port"]
+    tunnel_down, tunnel_up = free_port(), free_port()
     tunnel = subprocess.Popen(
         [
             program("ssh"), "-N", "-i", str(machine_dir / "id_ed25519"), "-p", str(ssh_port),
             "-o", f"UserKnownHostsFile={machine_dir / 'known_hosts'}", "-o", f"HostKeyAlias=pymachine-{bench.name}",
             "-o", "StrictHostKeyChecking=yes", "-o", "ExitOnForwardFailure=yes",
-            "-L", f"127.0.0.1:{tunnel_port}:127.0.0.1:{port}", "root@127.0.0.1",
+            "-L", f"127.0.0.1:{tunnel_down}:127.0.0.1:{down}", "-L", f"127.0.0.1:{tunnel_up}:127.0.0.1:{up}", "root@127.0.0.1",
         ]
     )
+    size = megabytes << 20
+    result: dict = {"megabytes": megabytes}
     try:
-        wait(lambda: http_ok(tunnel_port, 1.0), timeout=30, interval=0.1)
-        tunnel_runs: list[dict] = []
-        # Alternate the two paths so that a busy moment of the host hits both alike.
-        for _ in range(3):
-            direct_runs.append({})
-            receive_all(port, megabytes << 20, direct_runs[-1])
-            tunnel_runs.append({})
-            receive_all(tunnel_port, megabytes << 20, tunnel_runs[-1])
+        wait(lambda: http_ok(tunnel_down, 1.0), timeout=30, interval=0.1)
+        wait(lambda: _upload_works(tunnel_up), timeout=30, interval=0.1)
+        for direction, move, ports in (("download", receive_all, (down, tunnel_down)), ("upload", send_all, (up, tunnel_up))):
+            rates: dict[str, list[float]] = {"forward": [], "ssh": []}
+            for _ in range(3):
+                for path, port in zip(("forward", "ssh"), ports):
+                    run: dict = {}
+                    move(port, size, run)
+                    time.sleep(0.5)  # the upload receiver (one nc per connection) listens again
+                    if run["bytes"] >= size:
+                        rates[path].append(run["bytes"] / run["seconds"] / 1e6)
+            forward, ssh = statistics.median(rates["forward"]), statistics.median(rates["ssh"])
+            result[direction] = {
+                "forward_MBps": round(forward, 2),
+                "ssh_tunnel_MBps": round(ssh, 2),
+                "ratio": round(forward / ssh, 2),
+                "forward_runs_MBps": [round(r, 2) for r in rates["forward"]],
+                "ssh_runs_MBps": [round(r, 2) for r in rates["ssh"]],
+            }
     finally:
         tunnel.terminate()
         tunnel.wait(10)
     bench.docker("rm", "-f", "sender", env=env)
-    forward_rates = [r["bytes"] / r["seconds"] / 1e6 for r in direct_runs]
-    ssh_rates = [r["bytes"] / r["seconds"] / 1e6 for r in tunnel_runs]
-    forward_mbs, ssh_mbs = statistics.median(forward_rates), statistics.median(ssh_rates)
-    return {
-        "megabytes": megabytes,
-        "forward_MBps": round(forward_mbs, 2),
-        "ssh_tunnel_MBps": round(ssh_mbs, 2),
-        "ratio": round(forward_mbs / ssh_mbs, 2),
-        "forward_runs_MBps": [round(r, 2) for r in forward_rates],
-        "ssh_runs_MBps": [round(r, 2) for r in ssh_rates],
-        "complete": all(r["bytes"] >= megabytes << 20 for r in direct_runs + tunnel_runs),
-    }
+    return result
 
 
 def main() -> None:
