@@ -63,7 +63,16 @@ def test_docker_context_and_config_flags(cli: CLI) -> None:
 
 def test_env_for_every_shell(cli: CLI) -> None:
     url = cli.pm("url", NAME).stdout.strip()
-    assert cli.pm("env", NAME, "--shell", "fish").stdout.count("set -gx") == 4
+    fish = cli.pm("env", NAME, "--shell", "fish").stdout
+    assert fish.count("set -gx DOCKER_") == 4
+    # Where the host sets the CA bundle Python's requests reads (REQUESTS_CA_BUNDLE, else
+    # CURL_CA_BUNDLE), env points that one variable at a bundle that also trusts the machine.
+    read_by_requests = next((k for k in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE") if cli.env.get(k)), None)
+    for key in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        assert (f"set -gx {key} " in fish) == (key == read_by_requests), fish
+    bare = {k: v for k, v in cli.env.items() if k not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
+    plain = subprocess.run([program("pymachine"), "env", NAME, "--shell", "fish"], env=bare, capture_output=True, text=True, check=True)
+    assert plain.stdout.count("set -gx") == 4, plain.stdout
     assert f"$Env:DOCKER_HOST = \"{url}\"" in cli.pm("env", NAME, "--shell", "powershell").stdout
     assert f"SET DOCKER_HOST={url}" in cli.pm("env", NAME, "--shell", "cmd").stdout
     assert "unset DOCKER_HOST" in cli.pm("env", "--unset").stdout
