@@ -100,6 +100,11 @@ def _linux_kvm() -> Accelerator:
     return Accelerator("kvm", "/dev/kvm is usable and the CPU has hardware virtualization")
 
 
+def option_value(value: object) -> str:
+    """A value inside a QEMU option list (`file=...,if=none`): commas are doubled."""
+    return str(value).replace(",", ",,")
+
+
 class QemuDriver(Driver):
     """QEMU with user-mode networking (no root, no host network changes)."""
 
@@ -113,6 +118,7 @@ class QemuDriver(Driver):
             Feature.SERIAL_LOG,
             Feature.DIRECT_KERNEL_BOOT,
             Feature.RESTRICT_NETWORK,
+            Feature.SHARED_FOLDERS,
         }
     )
     options: QemuOptions
@@ -218,9 +224,16 @@ class QemuDriver(Driver):
                 raise DriverError("This boot image has no kernel and initrd for direct boot", "Use -o boot=cdrom")
             argv += ["-kernel", str(kernel), "-initrd", str(spec.boot.initrd), "-append", self.kernel_cmdline(accel)]
         else:
-            argv += ["-drive", f"file={spec.boot.iso},if=none,id=cd0,media=cdrom,readonly=on", "-device", "ide-cd,drive=cd0,bootindex=0"]
-        argv += ["-drive", f"file={self.disk},if=none,id=data,format=qcow2,discard=unmap", "-device", "virtio-blk-pci,drive=data"]
-        argv += ["-drive", f"file={spec.config_medium},if=none,id=config,format=raw,readonly=on", "-device", "virtio-blk-pci,drive=config"]
+            argv += ["-drive", f"file={option_value(spec.boot.iso)},if=none,id=cd0,media=cdrom,readonly=on", "-device", "ide-cd,drive=cd0,bootindex=0"]
+        argv += ["-drive", f"file={option_value(self.disk)},if=none,id=data,format=qcow2,discard=unmap", "-device", "virtio-blk-pci,drive=data"]
+        argv += ["-drive", f"file={option_value(spec.config_medium)},if=none,id=config,format=raw,readonly=on", "-device", "virtio-blk-pci,drive=config"]
+        # Shared host folders over virtio-9p. security_model=none: files the guest makes
+        # belong to the user running QEMU, and guest chowns that the host refuses are ignored.
+        for index, mount in enumerate(spec.mounts):
+            tag = mount.tag(index)
+            readonly = "" if mount.writable else ",readonly=on"
+            argv += ["-fsdev", f"local,id={tag},path={option_value(mount.host)},security_model=none{readonly}"]
+            argv += ["-device", f"virtio-9p-pci,fsdev={tag},mount_tag={tag}"]
         netdev = f"user,id={NETDEV}"
         if opts.restrict_network:
             netdev += ",restrict=on"
@@ -231,7 +244,7 @@ class QemuDriver(Driver):
         argv += ["-device", "virtio-rng-pci"]
         argv += ["-serial", f"file:{self.serial_log()}", "-display", "none"]
         for role in ("control", "watcher"):
-            argv += ["-qmp", f"unix:{self._socket(role)},server=on,wait=off"]
+            argv += ["-qmp", f"unix:{option_value(self._socket(role))},server=on,wait=off"]
         argv += ["-pidfile", str(self.pidfile), "-daemonize"]
         return argv
 

@@ -153,11 +153,18 @@ def create(
     engine_registry_mirror: list[str] = typer.Option([], "--engine-registry-mirror", help="Registry mirror URL (repeatable)."),
     opt: list[str] = typer.Option([], "--opt", "-o", help="Driver option KEY=VALUE (repeatable; `pymachine drivers` lists them)."),
     forward_bind: str = typer.Option("127.0.0.1", "--forward-bind", help="Host address for a bare `-p H:C`: 127.0.0.1 (default) or 0.0.0.0."),
+    mount: list[str] = typer.Option([], "--mount", help="Share a host folder: HOST[:GUEST][:ro] (repeatable; default: your home folder, at the same path)."),
+    no_mounts: bool = typer.Option(False, "--no-mounts", help="Share no host folder, not even your home folder."),
     force: bool = typer.Option(False, "--force", help="Start even while another hypervisor runs VMs."),
 ) -> None:
-    """Create a machine: a VM with Docker installed, secured with TLS, ready to use."""
+    """Create a machine: a VM with Docker installed, secured with TLS, ready to use.
+
+    Host folders are shared so that `docker run -v HOST-PATH:...` finds them: your home
+    folder by default (qemu driver), or the folders given with --mount."""
     from .machines import CreateOptions
 
+    if mount and no_mounts:
+        raise MachineError("--mount and --no-mounts contradict each other", "Run `pymachine create` with one of them")
     machines = _machines()
     options = CreateOptions(
         driver=driver,
@@ -171,6 +178,7 @@ def create(
         registry_mirrors=engine_registry_mirror,
         driver_options=_pairs(opt, "--opt"),
         forward_bind=forward_bind,
+        mounts=[] if no_mounts else (mount or None),
         force=force,
     )
     started = time.monotonic()

@@ -1,7 +1,8 @@
 """Each machine's config medium: a small ISO the guest reads at boot.
 
-It carries the hostname, the user's SSH public key, and the guest's SSH host key, which
-the host generated, so the host knows the host key before it first connects. Every
+It carries the hostname, the user's SSH public key, the guest's SSH host key, which
+the host generated, so the host knows the host key before it first connects, and the
+host folders to mount (`mounts`: one `TAG rw|ro GUEST-PATH` line each). Every
 hypervisor can attach an ISO as a CD or disk; the guest finds it by its volume id.
 """
 
@@ -17,15 +18,17 @@ VOLUME_ID = "PMCONFIG"
 SIZE = 1 << 20
 
 
-def config_medium(hostname: str, authorized_key: str, host_key_pem: bytes) -> bytes:
-    """The ISO bytes for one machine."""
+def config_medium(hostname: str, authorized_key: str, host_key_pem: bytes, mounts: str = "") -> bytes:
+    """The ISO bytes for one machine; `mounts` is the text of the `mounts` file."""
     writer = IsoWriter(VOLUME_ID)
     writer.add_file("hostname", hostname.encode() + b"\n")
     writer.add_file("authorized_keys", authorized_key.strip().encode() + b"\n")
     writer.add_file("ssh_host_ed25519_key", host_key_pem)
+    if mounts:
+        writer.add_file("mounts", mounts.encode())
     return writer.write(min_size=SIZE)
 
 
-def write_config_medium(path: Path, hostname: str, authorized_key: str, host_key_pem: bytes) -> None:
+def write_config_medium(path: Path, hostname: str, authorized_key: str, host_key_pem: bytes, mounts: str = "") -> None:
     # It holds a private key: readable by the owner alone.
-    atomic_write(path, config_medium(hostname, authorized_key, host_key_pem), mode=0o600)
+    atomic_write(path, config_medium(hostname, authorized_key, host_key_pem, mounts), mode=0o600)

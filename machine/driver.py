@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .errors import DriverError, MachineError
+from .mounts import Mount
 from .runner import Runner
 
 ENTRY_POINT_GROUP = "pymachine.drivers"
@@ -56,6 +57,8 @@ class Feature(str, enum.Enum):
     RESTRICT_NETWORK = "restrict-network"
     #: forwards can be changed while the VM is stopped (they persist in its config)
     STOPPED_FORWARDS = "stopped-forwards"
+    #: host folders can be shared into the guest (`create --mount`)
+    SHARED_FOLDERS = "shared-folders"
 
 
 @dataclass(frozen=True, order=True)
@@ -119,6 +122,8 @@ class MachineSpec:
     config_medium: Path
     ssh_port: int
     docker_port: int
+    #: host folders the guest mounts, in the order of their tags (Mount.tag)
+    mounts: tuple[Mount, ...] = ()
 
     @property
     def data_disk_stem(self) -> Path:

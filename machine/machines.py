@@ -21,7 +21,7 @@ from typing import Any
 from .certs import CertificateAuthority, CertPaths, SSHKeyPair
 from .configmedium import write_config_medium
 from .dockercontext import DockerContexts, context_name, current_context
-from .driver import BootMedia, Driver, DriverOptions, MachineSpec, State, load_driver
+from .driver import BootMedia, Driver, DriverOptions, Feature, MachineSpec, State, load_driver
 from .errors import (
     DriverError,
     Interrupted,
@@ -33,6 +33,7 @@ from .errors import (
 )
 from .home import Home
 from .image import BootImage
+from .mounts import Mount, medium_lines, resolve_mounts
 from .provision import Provisioner
 from .ssh import GuestSSH, SSHTarget
 from .store import STATUS_CREATING, STATUS_ERROR, STATUS_READY, MachineConfig, validate_name
@@ -60,6 +61,8 @@ class CreateOptions:
     registry_mirrors: list[str] = field(default_factory=list)
     driver_options: dict[str, str] = field(default_factory=dict)
     forward_bind: str = "127.0.0.1"
+    #: `--mount` values; None shares the home folder where the driver can, [] shares nothing
+    mounts: list[str] | None = None
     force: bool = False
 
 
@@ -129,6 +132,7 @@ class Machines:
             config_medium=directory / CONFIG_MEDIUM,
             ssh_port=config.ssh_port,
             docker_port=config.docker_port,
+            mounts=tuple(Mount.from_dict(m) for m in config.mounts),
         )
 
     def driver(self, config: MachineConfig, role: str = "cli") -> Driver:
@@ -165,6 +169,7 @@ class Machines:
             raise MachineError("A machine needs at least 1 CPU, 256 MB of memory and a 1024 MB disk", "Run `pymachine create --help`")
         cls = load_driver(options.driver)
         driver_options = cls.options_class.parse(options.driver_options)
+        mounts = resolve_mounts(options.mounts, Feature.SHARED_FOLDERS in cls.features, options.driver)
         with self.progress.step(f"Checking the {options.driver} driver"):
             cls.precheck(self.home.runner, driver_options)
         # Before anything is made: a refusal must leave nothing to clean up.
@@ -183,6 +188,7 @@ class Machines:
             insecure_registries=list(options.insecure_registries),
             registry_mirrors=list(options.registry_mirrors),
             forward_bind=options.forward_bind,
+            mounts=[m.as_dict() for m in mounts],
             status=STATUS_CREATING,
             created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         )
@@ -219,7 +225,8 @@ class Machines:
         user.write(directory / USER_KEY)
         host = SSHKeyPair.generate(f"root@{config.name}")
         host.write(directory / HOST_KEY)
-        write_config_medium(directory / CONFIG_MEDIUM, config.name, user.public_line, host.private_pem)
+        mounts = medium_lines([Mount.from_dict(m) for m in config.mounts])
+        write_config_medium(directory / CONFIG_MEDIUM, config.name, user.public_line, host.private_pem, mounts)
         self._write_known_hosts(config.name, host.public_line)
         self.ca.ensure()
         self.ca.copy_client(CertPaths(directory))

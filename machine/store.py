@@ -74,6 +74,8 @@ class MachineConfig:
     docker_port: int = 0
     #: host address for a bare `-p H:C`; 0.0.0.0 gives Docker's own (wider) default
     forward_bind: str = "127.0.0.1"
+    #: host folders shared into the guest, as Mount.as_dict()
+    mounts: list[dict[str, Any]] = field(default_factory=list)
     status: str = STATUS_CREATING
     error: str = ""
     created_at: str = ""

@@ -29,13 +29,18 @@ NAME = "e2e"
 def cli(tmp_path_factory: pytest.TempPathFactory, boot_image, busybox_rootfs: Path, docker_config):
     cli = CLI(tmp_path_factory.mktemp("store"), image_cache())
     cli.rootfs = busybox_rootfs
+    cli.shared = tmp_path_factory.mktemp("shared folder")  # a space in the path, as in "/Users/John Smith"
+    cli.readonly = tmp_path_factory.mktemp("readonly")
     yield cli
     # Whatever a failed test left: no VM or watcher may outlive the module.
     cli.pm("rm", "-f", "-y", NAME, check=False)
 
 
 def test_create_gives_a_working_docker(cli: CLI) -> None:
-    created = cli.pm("create", NAME, "-o", "restrict-network=true", "--memory", "1536")
+    created = cli.pm(
+        "create", NAME, "-o", "restrict-network=true", "--memory", "1536",
+        "--mount", str(cli.shared), "--mount", f"{cli.readonly}:/srv/readonly:ro",
+    )
     assert "Waiting for SSH" in created.stderr and "Waiting for Docker" in created.stderr
     assert cli.pm("status", NAME).stdout.strip() == "Running"
     rows = json.loads(cli.pm("ls", "--format", "json").stdout)
@@ -48,6 +53,29 @@ def test_create_gives_a_working_docker(cli: CLI) -> None:
     info = json.loads(cli.docker(NAME, "info", "--format", "{{json .}}").stdout)
     assert "provider=qemu" in info["Labels"]
     assert info["OperatingSystem"].startswith("pymachine")
+
+
+def test_host_folders_are_shared_for_bind_mounts(cli: CLI) -> None:
+    """`docker run -v HOST-PATH:...` sees the host's folder: Docker resolves the path in
+    the guest, where the share appears at the same path."""
+    (cli.shared / "from-host.txt").write_text("written on the host\n")
+    (cli.readonly / "data.txt").write_text("read only\n")
+    out = cli.docker(
+        NAME, "run", "--rm", "-v", f"{cli.shared}:/work", "-v", "/srv/readonly:/ro", "busybox-local", "sh", "-c",
+        "cat /work/from-host.txt /ro/data.txt && echo made in a container > /work/from-container.txt && "
+        "(touch /ro/nope 2>/dev/null && echo writable || echo refused)",
+    ).stdout
+    assert out.splitlines() == ["written on the host", "read only", "refused"]
+    assert (cli.shared / "from-container.txt").read_text() == "made in a container\n"
+    assert not (cli.readonly / "nope").exists()
+    (cli.shared / "from-host.txt").write_text("changed on the host\n")
+    again = cli.docker(NAME, "run", "--rm", "-v", f"{cli.shared}:/work", "busybox-local", "cat", "/work/from-host.txt").stdout
+    assert again == "changed on the host\n", "the guest sees host edits at once"
+    mounts = json.loads(cli.pm("inspect", NAME).stdout)["mounts"]
+    assert mounts == [
+        {"host": str(cli.shared), "guest": str(cli.shared), "writable": True},
+        {"host": str(cli.readonly), "guest": "/srv/readonly", "writable": False},
+    ]
 
 
 def test_docker_context_and_config_flags(cli: CLI) -> None:
@@ -138,6 +166,8 @@ def test_stop_and_start_keep_images_and_containers(cli: CLI) -> None:
     images = cli.docker(NAME, "images", "--format", "{{.Repository}}").stdout.split()
     assert "busybox-local" in images
     assert "kept" in cli.docker(NAME, "ps", "-a", "--format", "{{.Names}}").stdout.split()
+    shared = cli.docker(NAME, "run", "--rm", "-v", f"{cli.shared}:/work", "busybox-local", "cat", "/work/from-container.txt").stdout
+    assert shared == "made in a container\n", "the shared folder is mounted again after a restart"
 
 
 def test_rm_leaves_nothing(cli: CLI) -> None:
