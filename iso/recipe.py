@@ -114,6 +114,7 @@ KERNEL_MODULES: list[str] = [
     "e1000", "e1000e",
     "isofs", "ext4", "overlay", "loop",
     "9p", "9pnet_virtio",  # host folders shared by QEMU (virtio-9p): `create --mount`
+    "vboxguest", "vboxsf",  # ... and by VirtualBox (its shared folders)
     "crc32c_generic",  # libcrc32c asks for crc32c by name; modules.dep does not say so
     "button", "evdev",  # ACPI power button, so `stop` shuts the guest down cleanly
     # Docker's bridge network and published ports (iptables-legacy)

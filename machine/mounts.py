@@ -92,7 +92,7 @@ def resolve_mounts(requested: list[str] | None, supported: bool, driver: str) ->
     if requested is None:
         return default_mounts() if supported else []
     if requested and not supported:
-        raise MachineError(f"The {driver} driver cannot share host folders yet", "Run `pymachine create` without --mount, or use -d qemu")
+        raise MachineError(f"The {driver} driver cannot share host folders yet", "Run `pymachine create` without --mount, or use -d qemu or -d virtualbox")
     mounts = [parse_mount(item) for item in requested]
     guests = [m.guest for m in mounts]
     for guest in guests:

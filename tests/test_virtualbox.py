@@ -8,6 +8,7 @@ clashing NAT rules, a missing VM, and a busy host port VirtualBox never reports.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from drivers.virtualbox import driver as vbox_driver
 from drivers.virtualbox.backend import NatRule, VBoxFailure
 from drivers.virtualbox.vboxmanage import VBoxManageBackend, parse_machinereadable
 from machine.driver import PortForward, State
+from machine.mounts import Mount
 from machine.errors import DriverError, DriverNotAvailable, MachineStateError, PortUnavailable
 from machine.runner import Completed, Runner
 
@@ -122,6 +124,38 @@ def test_both_backends_build_the_same_vm(tmp_path: Path) -> None:
     cli_shape = shape(cli_fake, tmp_path / "cli")["vm"].replace(str(cli_spec.ssh_port), "SSH").replace(str(cli_spec.docker_port), "DOCKER")
     api_shape = shape(api_fake, tmp_path / "api")["vm"].replace(str(api_spec.ssh_port), "SSH").replace(str(api_spec.docker_port), "DOCKER")
     assert cli_shape == api_shape
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_create_shares_host_folders(tmp_path: Path, backend: str) -> None:
+    """`create --mount`: a permanent shared folder per mount, read-only where asked; the
+    guest mounts each by its name with vboxsf."""
+    driver, fake = virtualbox_driver(tmp_path, backend, name="dev")
+    code, data = tmp_path / "code", tmp_path / "data"
+    driver.spec = dataclasses.replace(driver.spec, mounts=(Mount(str(code), str(code)), Mount(str(data), "/data", False)))
+    driver.create()
+    if backend == "vboxmanage":
+        assert fake.calls()[-2:] == [
+            ["VBoxManage", "sharedfolder", "add", "dev", "--name", "pmshare0", "--hostpath", str(code)],
+            ["VBoxManage", "sharedfolder", "add", "dev", "--name", "pmshare1", "--hostpath", str(data), "--readonly"],
+        ]
+    vm = fake.machine("dev")
+    assert vm is not None and vm["shares"] == [
+        {"name": "pmshare0", "path": str(code), "writable": True},
+        {"name": "pmshare1", "path": str(data), "writable": False},
+    ]
+    shown = driver.runner.run(["VBoxManage", "showvminfo", "dev", "--machinereadable"]).stdout.splitlines()
+    assert 'SharedFolderNameMachineMapping2="pmshare1"' in shown
+    assert f'SharedFolderPathMachineMapping2="{data}"' in shown
+
+
+def test_the_fake_refuses_a_second_share_of_the_same_name(cli: tuple[VirtualBoxDriver, FakeVirtualBox], tmp_path: Path) -> None:
+    driver, _ = cli
+    argv = ["VBoxManage", "sharedfolder", "add", "dev", "--name", "one", "--hostpath", str(tmp_path)]
+    assert driver.runner.run(argv).returncode == 0
+    again = driver.runner.run(argv, check=False)
+    assert again.returncode == 1
+    assert again.stderr.splitlines()[0] == "VBoxManage: error: Shared folder named 'one' already exists"
 
 
 def test_create_refuses_an_existing_vm(cli: tuple[VirtualBoxDriver, FakeVirtualBox]) -> None:

@@ -210,6 +210,8 @@ class ApiBackend:
                 machine.attach_device("SATA", 0, 0, lib.DeviceType.dvd, boot)
                 machine.attach_device("SATA", 1, 0, lib.DeviceType.hard_disk, disk)
                 machine.attach_device("SATA", 2, 0, lib.DeviceType.dvd, config)
+                for name, host_path, writable in layout.shares:
+                    machine.create_shared_folder(name, host_path, writable, False, "")
                 machine.save_settings()
 
         self._call(operation, register)

@@ -86,6 +86,8 @@ class VMLayout:
     nic_type: str
     host_io_cache: bool
     rules: list[NatRule]
+    #: host folders as (share name, host path, writable); the guest mounts them with vboxsf
+    shares: list[tuple[str, str, bool]] = field(default_factory=list)
 
 
 class VBoxFailure(DriverError):

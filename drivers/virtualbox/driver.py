@@ -119,6 +119,7 @@ class VirtualBoxDriver(Driver):
             Feature.UDP_FORWARDS,
             Feature.ANY_HOST_ADDRESS,
             Feature.SERIAL_LOG,
+            Feature.SHARED_FOLDERS,
         }
     )
     options: VirtualBoxOptions
@@ -256,6 +257,7 @@ class VirtualBoxDriver(Driver):
             nic_type=self.options.nic_type,
             host_io_cache=self.options.host_io_cache,
             rules=self.system_rules(),
+            shares=[(mount.tag(i), mount.host, mount.writable) for i, mount in enumerate(self.spec.mounts)],
         )
         self._do("create", lambda: self.backend.create(layout))
 

@@ -85,6 +85,8 @@ class VBoxManageBackend:
         self.run("createmedium", "disk", f"--filename={layout.disk}", f"--size={layout.disk_mb}", "--format=VDI")
         self.run("storageattach", vm, "--storagectl", "SATA", "--port", "1", "--device", "0", "--type", "hdd", "--medium", str(layout.disk))
         self.run("storageattach", vm, "--storagectl", "SATA", "--port", "2", "--device", "0", "--type", "dvddrive", "--medium", str(layout.config_medium))
+        for name, host_path, writable in layout.shares:
+            self.run("sharedfolder", "add", vm, "--name", name, "--hostpath", host_path, *([] if writable else ["--readonly"]))
 
     def start(self, vm: str) -> None:
         self.run("startvm", vm, "--type", "headless")

@@ -303,6 +303,12 @@ class _Machine:
 
         self._edit("attachDevice", change, (controller, port, device, kind, medium.location))
 
+    def createSharedFolder(self, name: str, host_path: str, writable: bool, automount: bool, auto_mount_point: str) -> None:  # noqa: N802
+        def change(host: Host | None, machine: dict[str, Any]) -> None:
+            (host or _offline()).add_shared_folder(machine, name, host_path, writable)
+
+        self._edit("createSharedFolder", change, (name, host_path, writable, automount, auto_mount_point))
+
     def lockMachine(self, session: _Session, lock_type: int) -> None:  # noqa: N802
         if session.state == 2:
             raise XPCOMError(VBOX_E_INVALID_OBJECT_STATE, "The given session is busy")

@@ -331,6 +331,13 @@ class Host:
         # VirtualBox keeps the rules in a map by name: they come back sorted.
         nic["rules"].sort(key=lambda r: r["name"])
 
+    def add_shared_folder(self, machine: dict[str, Any], name: str, host_path: str, writable: bool) -> None:
+        """createSharedFolder: a permanent share; names are unique per machine."""
+        shares = machine.setdefault("shares", [])
+        if any(share["name"] == name for share in shares):
+            raise VBoxFault(VBOX_E_OBJECT_IN_USE, f"Shared folder named '{name}' already exists", "MachineWrap", "IMachine")
+        shares.append({"name": name, "path": host_path, "writable": writable})
+
     def remove_rule(self, machine: dict[str, Any], slot: str, name: str) -> None:
         nic = machine["nics"][slot]
         kept = [r for r in nic["rules"] if r["name"] != name]

@@ -134,6 +134,7 @@ def dispatch(host: Host, args: list[str], out: list[str], err: list[str]) -> int
         "showvminfo": showvminfo,
         "unregistervm": unregistervm,
         "discardstate": discardstate,
+        "sharedfolder": sharedfolder,
         "list": list_command,
     }
     handler = handlers.get(command)
@@ -403,6 +404,28 @@ def closemedium(host: Host, args: list[str], out: list[str], err: list[str]) -> 
 # -- lifecycle ------------------------------------------------------------------------------
 
 
+def sharedfolder(host: Host, args: list[str], out: list[str], err: list[str]) -> int:
+    """`sharedfolder add VM --name N --hostpath P [--readonly] [--automount] [--auto-mount-point P]`."""
+    if not args or args[0] not in ("add", "remove"):
+        raise Syntax("Invalid parameter '%s'" % (args[0] if args else ""))
+    if args[0] == "remove":
+        raise Syntax("sharedfolder remove is not modelled by this fake")
+    positional, opts = _options(args[1:], {"--name", "-name", "--hostpath", "-hostpath", "--auto-mount-point"}, {"--readonly", "-readonly", "--automount", "-automount", "--transient", "-transient"})
+    name = (opts.get("--name") or opts.get("-name") or [""])[-1]
+    path = (opts.get("--hostpath") or opts.get("-hostpath") or [""])[-1]
+    if not positional or not name or not path:
+        raise Syntax("Not all required parameters were specified")
+    if "--transient" in opts or "-transient" in opts:
+        raise Syntax("--transient is not modelled by this fake")
+    machine = _find(host, positional[0], "VBoxManageMisc.cpp", 1150)
+    _call("LockMachine(a->session, LockType_Write)", "VBoxManageMisc.cpp", 1161, lambda: host.write_lock(machine))
+    writable = "--readonly" not in opts and "-readonly" not in opts
+    context = "CreateSharedFolder(Bstr(name).raw(), Bstr(hostpath).raw(), fWritable, fAutoMount, Bstr(strAutoMountPoint).raw())"
+    _call(context, "VBoxManageMisc.cpp", 1164, lambda: host.add_shared_folder(machine, name, path, writable))
+    host.save_settings(machine)
+    return 0
+
+
 def startvm(host: Host, args: list[str], out: list[str], err: list[str]) -> int:
     positional, opts = _options(args, {"--type", "-E", "--putenv"}, set())
     if not positional:
@@ -589,6 +612,8 @@ def machinereadable(machine: dict[str, Any]) -> list[str]:
             lines.append(f'uartmode{slot}="{uart["mode"]},{uart["path"]}"')
         lines.append(f'uarttype{slot}="16550A"')
     lines += ['lpt1="off"', 'lpt2="off"', 'audio="none"', 'clipboard="disabled"', 'draganddrop="disabled"', 'vrde="off"', 'usb="off"', 'ehci="off"', 'xhci="off"']
+    for index, share in enumerate(machine.get("shares", []), start=1):
+        lines += [f'SharedFolderNameMachineMapping{index}="{share["name"]}"', f'SharedFolderPathMachineMapping{index}="{share["path"]}"']
     return lines
 
 
