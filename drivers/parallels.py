@@ -28,13 +28,12 @@ import json
 import os
 import re
 import shutil
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from machine.driver import Driver, DriverOptions, Endpoint, Feature, HostReport, MachineSpec, PortForward, State, option
+from machine.driver import Driver, DriverOptions, Endpoint, Feature, HostReport, MachineSpec, PortForward, State, host_port_free, option
 from machine.errors import CommandFailed, DriverError, DriverNotAvailable, MachineStateError, PortUnavailable
 from machine.runner import Completed, Runner
 
@@ -297,7 +296,7 @@ class ParallelsDriver(Driver):
         self._delete_rules([r for r in self._rules() if r.name in {s.name for s in self.system_rules(uuid)}])
         # Parallels listens on every interface and does not say when a port is taken.
         for port in (self.spec.ssh_port, self.spec.docker_port):
-            if not host_port_free("tcp", port):
+            if not host_port_free("tcp", "0.0.0.0", port):
                 raise PortUnavailable(f"Host port {port} is already in use", "pymachine will pick another port")
         self._add_rules(self.system_rules(uuid))
         self._rotate_serial_log()
@@ -377,7 +376,8 @@ class ParallelsDriver(Driver):
         clash = next((r for r in rules if r.protocol == forward.protocol and r.source_port == forward.host_port and r not in same_key), None)
         if clash is not None:
             raise PortUnavailable(f"Host port {forward.host_port}/{forward.protocol} is already forwarded by Parallels NAT rule '{clash.name}'", f"Run `prlsrvctl net info {self.options.network}` to see the rules")
-        if not host_port_free(forward.protocol, forward.host_port):
+        # A Parallels rule listens on every interface, whatever address was asked for.
+        if not host_port_free(forward.protocol, "0.0.0.0", forward.host_port):
             raise PortUnavailable(f"Host port {forward.host_port}/{forward.protocol} is already in use", f"Run `pymachine ports {self.vm}` to see which forwards are blocked")
         self._add_rules([wanted])
 
@@ -480,19 +480,6 @@ def check_parallels(runner: Runner) -> tuple[str, str]:
             "Upgrade to Parallels Desktop Pro or Business, or use `pymachine create -d qemu`",
         )
     return version, edition
-
-
-def host_port_free(protocol: str, port: int) -> bool:
-    """True if every interface's `port` is free (a Parallels rule will listen on all of them)."""
-    kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
-    with socket.socket(socket.AF_INET, kind) as sock:
-        if protocol == "tcp":
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
 
 
 def _bare(uuid: str) -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from machine.driver import Driver, DriverOptions, Endpoint, Feature, HostReport, PortForward, State, option
+from machine.mounts import share_tag
 from machine.errors import CommandFailed, DriverError, MachineStateError, PortUnavailable
 from machine.procs import running_from, terminate, wait_gone
 from machine.runner import Runner
@@ -230,7 +231,7 @@ class QemuDriver(Driver):
         # Shared host folders over virtio-9p. security_model=none: files the guest makes
         # belong to the user running QEMU, and guest chowns that the host refuses are ignored.
         for index, mount in enumerate(spec.mounts):
-            tag = mount.tag(index)
+            tag = share_tag(index)
             readonly = "" if mount.writable else ",readonly=on"
             argv += ["-fsdev", f"local,id={tag},path={option_value(mount.host)},security_model=none{readonly}"]
             argv += ["-device", f"virtio-9p-pci,fsdev={tag},mount_tag={tag}"]

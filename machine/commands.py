@@ -6,7 +6,6 @@ stdout carries only results (for scripts and `eval`); progress and notes go to s
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 import time

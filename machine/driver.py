@@ -11,6 +11,7 @@ import abc
 import dataclasses
 import functools
 import enum
+import socket
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -86,6 +87,24 @@ class PortForward:
         return f"{self.host_ip}:{self.host_port}->{self.guest_port}/{self.protocol}"
 
 
+def host_port_free(protocol: str, host_ip: str, port: int) -> bool:
+    """True if this process could bind host_ip:port now, as a new forward will need to.
+
+    Hypervisors that do not report a busy port (VirtualBox, Parallels) are probed with
+    this before a rule is added. A TCP port in TIME_WAIT counts as free: the hypervisors
+    bind their forwards with SO_REUSEADDR.
+    """
+    kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as sock:
+        if protocol == "tcp":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host_ip or "0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """A host and port the host can connect to."""
@@ -122,7 +141,7 @@ class MachineSpec:
     config_medium: Path
     ssh_port: int
     docker_port: int
-    #: host folders the guest mounts, in the order of their tags (Mount.tag)
+    #: host folders the guest mounts, in the order of their names (mounts.share_tag)
     mounts: tuple[Mount, ...] = ()
 
     @property

@@ -183,10 +183,8 @@ class IsoWriter:
         lba = 16
         pvd_lba = lba
         lba += 1
-        boot_record_lba = None
         if self._boot:
-            boot_record_lba = lba
-            lba += 1
+            lba += 1  # the El Torito boot record, right after the primary descriptor
         lba += 1  # terminator
         l_table_lba = lba
         lba += pt_sectors

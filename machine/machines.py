@@ -21,7 +21,7 @@ from typing import Any
 from .certs import CertificateAuthority, CertPaths, SSHKeyPair
 from .configmedium import write_config_medium
 from .dockercontext import DockerContexts, context_name, current_context
-from .driver import BootMedia, Driver, DriverOptions, Feature, MachineSpec, State, load_driver
+from .driver import BootMedia, Driver, DriverOptions, Feature, MachineSpec, State, host_port_free, load_driver
 from .errors import (
     DriverError,
     Interrupted,
@@ -264,7 +264,7 @@ class Machines:
     def _start_vm(self, config: MachineConfig, driver: Driver) -> Driver:
         """Start the VM; if a host port it needs was taken meanwhile, pick new ones and retry."""
         for attempt in range(3):
-            busy = [p for p in (config.ssh_port, config.docker_port) if not _port_free(p)]
+            busy = [p for p in (config.ssh_port, config.docker_port) if not host_port_free("tcp", "127.0.0.1", p)]
             if busy:
                 self.progress.note(f"Port {busy[0]} is taken now; moving machine '{config.name}' to new ports")
                 config.ssh_port, config.docker_port = self._free_ports(2, exclude=self._ports_in_use())
@@ -671,15 +671,3 @@ def _in_thread(fn: Any, *args: Any) -> Future:
 
     threading.Thread(target=run, daemon=True).start()
     return future
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # As QEMU and the hypervisors bind their forwards: TIME_WAIT does not count.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-

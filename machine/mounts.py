@@ -30,10 +30,6 @@ class Mount:
     guest: str
     writable: bool = True
 
-    def tag(self, index: int) -> str:
-        """The name the hypervisor gives the share; the guest mounts it by this name."""
-        return f"pmshare{index}"
-
     def as_dict(self) -> dict[str, Any]:
         return {"host": self.host, "guest": self.guest, "writable": self.writable}
 
@@ -44,6 +40,11 @@ class Mount:
     def __str__(self) -> str:
         where = self.host if self.host == self.guest else f"{self.host} as {self.guest}"
         return where + ("" if self.writable else " (read-only)")
+
+
+def share_tag(index: int) -> str:
+    """The name the hypervisor gives the `index`th share; the guest mounts it by this name."""
+    return f"pmshare{index}"
 
 
 def parse_mount(text: str) -> Mount:
@@ -103,4 +104,4 @@ def resolve_mounts(requested: list[str] | None, supported: bool, driver: str) ->
 
 def medium_lines(mounts: list[Mount]) -> str:
     """The config medium's `mounts` file: `TAG rw|ro GUEST-PATH` per line (the path last, so it may hold spaces)."""
-    return "".join(f"{m.tag(i)} {'rw' if m.writable else 'ro'} {m.guest}\n" for i, m in enumerate(mounts))
+    return "".join(f"{share_tag(i)} {'rw' if m.writable else 'ro'} {m.guest}\n" for i, m in enumerate(mounts))

@@ -84,9 +84,11 @@ def ca_bundle_override(machine_dir: str, environ: dict[str, str] | None = None) 
         except OSError:
             unchanged = False
         if not unchanged:
+            from pathlib import Path
+
             from .store import atomic_write
 
-            atomic_write(__import__("pathlib").Path(target), content, mode=0o644)
+            atomic_write(Path(target), content, mode=0o644)
         return [(key, target)]
     return []
 

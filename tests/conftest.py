@@ -8,6 +8,7 @@ leaves this host, and every host forward binds 127.0.0.1.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 from pathlib import Path
@@ -24,6 +25,22 @@ DEFAULT_CACHE = Path.home() / ".cache" / "pymachine-test"
 
 def image_cache() -> Path:
     return Path(os.environ.get("PYMACHINE_CACHE_PATH") or DEFAULT_CACHE)
+
+
+@pytest.fixture
+def restored_logging():
+    """run_cli points the root logger at the test's debug.log: put it back afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ PYMACHINE = ROOT / ".venv" / "bin" / "pymachine"
 
 
 @pytest.fixture
-def storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restored_logging):
     """PYMACHINE_STORAGE_PATH on a fresh folder, an empty image cache, no docker state."""
     root = tmp_path / "home"
     monkeypatch.setenv("PYMACHINE_STORAGE_PATH", str(root))
@@ -27,18 +27,7 @@ def storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
     for key in ("DOCKER_HOST", "DOCKER_CONTEXT", "NO_PROXY", "no_proxy"):
         monkeypatch.delenv(key, raising=False)
-    logger = logging.getLogger()
-    handlers, level = list(logger.handlers), logger.level
     yield root
-    # run_cli points the root logger at the test's debug.log: put it back.
-    for handler in list(logger.handlers):
-        if handler not in handlers:
-            logger.removeHandler(handler)
-            handler.close()
-    for handler in handlers:
-        if handler not in logger.handlers:
-            logger.addHandler(handler)
-    logger.setLevel(level)
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

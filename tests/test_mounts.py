@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from machine.certs import SSHKeyPair
 from machine.configmedium import config_medium
-from machine.driver import MachineSpec
 from machine.errors import MachineError
 from machine.iso9660 import read_files
 from machine.mounts import Mount, default_mounts, medium_lines, parse_mount, resolve_mounts
@@ -109,7 +109,7 @@ def test_the_config_medium_lists_the_mounts_path_last() -> None:
 def test_qemu_shares_each_folder_over_virtio_9p(tmp_path: Path) -> None:
     driver = make_driver(tmp_path, accel="tcg")
     shared = tmp_path / "with,comma"
-    driver.spec = MachineSpec(**{**driver.spec.__dict__, "mounts": (Mount(str(shared), "/src"), Mount("/data", "/data", False))})
+    driver.spec = dataclasses.replace(driver.spec, mounts=(Mount(str(shared), "/src"), Mount("/data", "/data", False)))
     argv = driver.command_line()
     assert value_after(argv, "-fsdev") == [
         f"local,id=pmshare0,path={tmp_path}/with,,comma,security_model=none",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import pty
 import shutil
@@ -24,23 +23,11 @@ ODD = "we ird $HOME `id` \"dq\" 'sq' \\back !bang"
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, restored_logging):
     for key in ("NO_PROXY", "no_proxy", "PYMACHINE_STORAGE_PATH", "DOCKER_HOST"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("SHELL", "/bin/bash")
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    # run_cli points the root logger at the test's debug.log: put it back.
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-            handler.close()
-    for handler in handlers:
-        if handler not in root.handlers:
-            root.addHandler(handler)
-    root.setLevel(level)
 
 
 def make_machine(root: Path, name: str = "dev", status: str = STATUS_READY, docker_port: int = 42376, error: str = "") -> Path:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,8 +26,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from machine.driver import Driver, DriverOptions, Endpoint, Feature, HostReport, MachineSpec, PortForward, State, option
+from machine.driver import Driver, DriverOptions, Endpoint, Feature, HostReport, MachineSpec, PortForward, State, host_port_free, option
 from machine.errors import CommandFailed, DriverError, DriverNotAvailable, MachineError, MachineStateError, PortUnavailable
+from machine.mounts import share_tag
 from machine.runner import Runner
 
 from .api import NIC_TYPES, ApiBackend, ApiUnavailable, connect
@@ -257,7 +257,7 @@ class VirtualBoxDriver(Driver):
             nic_type=self.options.nic_type,
             host_io_cache=self.options.host_io_cache,
             rules=self.system_rules(),
-            shares=[(mount.tag(i), mount.host, mount.writable) for i, mount in enumerate(self.spec.mounts)],
+            shares=[(share_tag(i), mount.host, mount.writable) for i, mount in enumerate(self.spec.mounts)],
         )
         self._do("create", lambda: self.backend.create(layout))
 
@@ -469,20 +469,6 @@ def check_vboxmanage(runner: Runner, program: str) -> str:
     if int(major.group(1)) < MIN_MAJOR:
         raise DriverNotAvailable(f"VirtualBox {version} is too old: pymachine needs {MIN_MAJOR} or newer", INSTALL_HINT)
     return version
-
-
-def host_port_free(protocol: str, host_ip: str, port: int) -> bool:
-    """True if this process could bind host_ip:port now (what a new forward will need)."""
-    kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
-    with socket.socket(socket.AF_INET, kind) as sock:
-        if protocol == "tcp":
-            # As the hypervisors bind their forwards: a port in TIME_WAIT is free.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host_ip or "0.0.0.0", port))
-        except OSError:
-            return False
-    return True
 
 
 def _rule_host_ip(host_ip: str) -> str:
