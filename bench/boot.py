@@ -17,13 +17,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import CACHE, save, summary  # noqa: E402
 
-from drivers.qemu import QemuDriver, QemuOptions, detect_accelerator  # noqa: E402
-from machine.certs import SSHKeyPair  # noqa: E402
-from machine.driver import BootMedia  # noqa: E402
-from machine.image import MANIFEST_NAME, BootImage  # noqa: E402
-from machine.provision import console_ready  # noqa: E402
-from machine.runner import Runner  # noqa: E402
-from machine.ssh import GuestSSH, SSHTarget  # noqa: E402
+from pymachine.driver import BootMedia  # noqa: E402
+from pymachine.drivers.qemu import QemuDriver, QemuOptions, detect_accelerator  # noqa: E402
+from pymachine.guest.certs import SSHKeyPair  # noqa: E402
+from pymachine.guest.provision import console_ready  # noqa: E402
+from pymachine.guest.ssh import GuestSSH, SSHTarget  # noqa: E402
+from pymachine.image import MANIFEST_NAME, BootImage  # noqa: E402
+from pymachine.runner import Runner  # noqa: E402
 from tests.contract import make_spec  # noqa: E402
 
 

@@ -21,15 +21,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import program, save, summary  # noqa: E402
 
-from machine.store import STATUS_READY, MachineConfig, Store  # noqa: E402
+from pymachine.store import STATUS_READY, MachineConfig, Store  # noqa: E402
 
 
 def make_store(root: Path, count: int) -> None:
     store = Store(root)
     for i in range(count):
         config = MachineConfig(name=f"m{i:02d}", driver="qemu", ssh_port=40000 + 2 * i, docker_port=40001 + 2 * i, status=STATUS_READY, engine_version="20.10.24")
-        directory = store.reserve(config)
-        (directory / "data.qcow2").write_bytes(b"")
+        with store.reserve(config) as directory:
+            (directory / "data.qcow2").write_bytes(b"")
 
 
 def wall(argv: list[str], env: dict, runs: int) -> list[float]:

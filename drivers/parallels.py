@@ -25,7 +25,6 @@ Files in the machine's folder:
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import time
@@ -33,15 +32,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from machine.driver import Driver, DriverOptions, Endpoint, Feature, HostReport, MachineSpec, PortForward, State, host_port_free, option
-from machine.errors import CommandFailed, DriverError, DriverNotAvailable, MachineStateError, PortUnavailable
-from machine.runner import Completed, Runner
+from pymachine.driver import (
+    GUEST_DOCKER_PORT,
+    GUEST_SSH_PORT,
+    Driver,
+    DriverOptions,
+    Feature,
+    HostReport,
+    MachineSpec,
+    PortForward,
+    State,
+    host_port_free,
+    option,
+)
+from pymachine.errors import (
+    CommandFailed,
+    DriverError,
+    DriverNotAvailable,
+    MachineStateError,
+    PortUnavailable,
+)
+from pymachine.runner import Completed, Runner
 
 INSTALL_HINT = "Install Parallels Desktop Pro or Business edition (macOS): https://www.parallels.com/products/desktop/"
 MIN_MAJOR = 11
 EDITIONS = ("pro", "business")
-GUEST_SSH_PORT = 22
-GUEST_DOCKER_PORT = 2376
 ADAPTER_TYPES = ("virtio", "e1000", "rtl")
 #: prlctl's words for a VM it does not know (exit status 255).
 NOT_FOUND = "The virtual machine could not be found"
@@ -131,10 +146,9 @@ class ParallelsDriver(Driver):
     @property
     def console(self) -> Path:
         """Where Parallels writes the guest's serial console."""
-        return self.spec.directory / "serial.log"
-
-    def serial_log(self) -> Path | None:
-        return self.console
+        log = self.serial_log()
+        assert log is not None
+        return log
 
     def _prefix(self, uuid: str) -> str:
         return f"pm-{self.vm}-{_bare(uuid)[:8]}-"
@@ -299,7 +313,7 @@ class ParallelsDriver(Driver):
             if not host_port_free("tcp", "0.0.0.0", port):
                 raise PortUnavailable(f"Host port {port} is already in use", "pymachine will pick another port")
         self._add_rules(self.system_rules(uuid))
-        self._rotate_serial_log()
+        self.rotate_serial_log()
         try:
             self._prlctl("start", self.vm)
         except CommandFailed as exc:
@@ -354,12 +368,6 @@ class ParallelsDriver(Driver):
         if status is None:
             return State.NOT_FOUND
         return VM_STATES.get(status, State.ERROR)
-
-    def ssh_endpoint(self) -> Endpoint:
-        return Endpoint("127.0.0.1", self.spec.ssh_port)
-
-    def docker_endpoint(self) -> Endpoint:
-        return Endpoint("127.0.0.1", self.spec.docker_port)
 
     def add_forward(self, forward: PortForward) -> None:
         if self._status() is None:
@@ -436,10 +444,6 @@ class ParallelsDriver(Driver):
             return
         names = {r.name for r in self.system_rules(uuid)}
         self._delete_rules([r for r in self._rules() if r.name in names])
-
-    def _rotate_serial_log(self) -> None:
-        if self.console.exists() and self.console.stat().st_size:
-            os.replace(self.console, self.console.with_name("serial.log.1"))
 
 
 # -- module helpers ---------------------------------------------------------------------

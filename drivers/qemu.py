@@ -23,18 +23,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from machine.driver import Driver, DriverOptions, Endpoint, Feature, HostReport, PortForward, State, option
-from machine.mounts import share_tag
-from machine.errors import CommandFailed, DriverError, MachineStateError, PortUnavailable
-from machine.procs import running_from, terminate, wait_gone
-from machine.runner import Runner
+from pymachine.driver import (
+    GUEST_DOCKER_PORT,
+    GUEST_SSH_PORT,
+    Driver,
+    DriverOptions,
+    Feature,
+    HostReport,
+    PortForward,
+    State,
+    option,
+    share_tag,
+)
+from pymachine.errors import (
+    CommandFailed,
+    DriverError,
+    MachineStateError,
+    PortUnavailable,
+)
+from pymachine.procs import running_from, terminate, wait_gone
+from pymachine.runner import Runner
 
 from .qmp import QMPClient, QMPError
 
 INSTALL_HINT = "Install QEMU: on macOS `brew install qemu`, on Debian or Ubuntu `sudo apt-get install qemu-system-x86 qemu-utils`"
 NETDEV = "net0"
-GUEST_SSH_PORT = 22
-GUEST_DOCKER_PORT = 2376
 #: The longest unix socket path macOS accepts (Linux allows 107).
 MAX_SOCKET_PATH = 103
 #: The CPU under TCG: x86-64-v2 (what RHEL 9 based images need) plus AES-NI, on QEMU's
@@ -118,7 +131,6 @@ class QemuDriver(Driver):
             Feature.ANY_HOST_ADDRESS,
             Feature.SERIAL_LOG,
             Feature.DIRECT_KERNEL_BOOT,
-            Feature.RESTRICT_NETWORK,
             Feature.SHARED_FOLDERS,
         }
     )
@@ -137,9 +149,6 @@ class QemuDriver(Driver):
     @property
     def pidfile(self) -> Path:
         return self.directory / "qemu.pid"
-
-    def serial_log(self) -> Path | None:
-        return self.directory / "serial.log"
 
     def _socket(self, role: str) -> str:
         path = str(self.directory / f"{role}.qmp")
@@ -193,7 +202,7 @@ class QemuDriver(Driver):
             raise MachineStateError(f"Machine '{self.spec.name}' is already running", f"Run `pymachine stop {self.spec.name}` first")
         if not self.disk.exists():
             raise DriverError(f"The data disk of machine '{self.spec.name}' is missing ({self.disk})", f"Run `pymachine rm {self.spec.name}` and create it again")
-        self._rotate_log()
+        self.rotate_serial_log()
         for role in ("control", "watcher"):
             _unlink(self._socket(role))
         self.pidfile.unlink(missing_ok=True)
@@ -315,12 +324,6 @@ class QemuDriver(Driver):
             "io-error": State.ERROR,
         }.get(status, State.RUNNING)
 
-    def ssh_endpoint(self) -> Endpoint:
-        return Endpoint("127.0.0.1", self.spec.ssh_port)
-
-    def docker_endpoint(self) -> Endpoint:
-        return Endpoint("127.0.0.1", self.spec.docker_port)
-
     def add_forward(self, forward: PortForward) -> None:
         rule = f"{forward.protocol}:{forward.host_ip}:{forward.host_port}-:{forward.guest_port}"
         reply = self._hmp(f"hostfwd_add {NETDEV} {rule}")
@@ -372,11 +375,6 @@ class QemuDriver(Driver):
                 return qmp.hmp(command)
         except QMPError as exc:
             raise DriverError(f"QEMU monitor of machine '{self.spec.name}' did not answer: {exc}", f"Run `pymachine status {self.spec.name}`") from None
-
-    def _rotate_log(self) -> None:
-        log = self.serial_log()
-        if log and log.exists() and log.stat().st_size:
-            os.replace(log, log.with_name("serial.log.1"))
 
 
 _USERNET = re.compile(r"^\s*(TCP|UDP)\[HOST_FORWARD\]\s+\S+\s+(\S+)\s+(\d+)\s+(\S+)\s+(\d+)", re.M)

@@ -1,4 +1,4 @@
 """The boot image recipe: pinned Debian packages in, a boot ISO and an engine bundle out.
 
-`pymachine image build` (or `python -m iso build`) runs it; see docs/boot-image.md.
+`pymachine image build` runs it; see docs/boot-image.md.
 """

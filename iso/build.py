@@ -24,13 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from machine import __version__
-from machine.errors import CommandFailed, DriverNotAvailable, ImageError
-from machine.image import MANIFEST_NAME, sha256_file
-from machine.iso9660 import IsoWriter
-from machine.progress import Progress
-from machine.runner import Runner
-from machine.store import atomic_write
+from pymachine import __version__
+from pymachine.errors import CommandFailed, DriverNotAvailable, ImageError
+from pymachine.guest import iso9660
+from pymachine.guest.iso9660 import IsoWriter
+from pymachine.image import MANIFEST_NAME, sha256_file
+from pymachine.progress import Progress
+from pymachine.runner import Runner
+from pymachine.store import atomic_write
 
 from . import recipe
 from .archive import Entry, cpio_newc, tar_bytes
@@ -55,7 +56,7 @@ BUILD_INPUTS = [
     HERE / "archive.py",
     HERE / "elf.py",
     HERE / "isolinux.cfg",
-    HERE.parent / "machine" / "iso9660.py",
+    Path(iso9660.__file__),
 ]
 
 
@@ -77,14 +78,14 @@ def read_lock(path: Path = LOCK_PATH) -> dict[str, LockedPackage]:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise ImageError(f"{path} is missing", "Run `python -m iso lock` to pin the packages") from None
+        raise ImageError(f"{path} is missing", "Run `pymachine image lock` to pin the packages") from None
     for number, line in enumerate(text.splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
         parts = line.split()
         if len(parts) != 3:
-            raise ImageError(f"{path}:{number}: expected 'name version sha256'", "Run `python -m iso lock` to rewrite it")
+            raise ImageError(f"{path}:{number}: expected 'name version sha256'", "Run `pymachine image lock` to rewrite it")
         packages[parts[0]] = LockedPackage(*parts)
     return packages
 
@@ -92,7 +93,7 @@ def read_lock(path: Path = LOCK_PATH) -> dict[str, LockedPackage]:
 def kernel_package(lock: dict[str, LockedPackage]) -> LockedPackage:
     kernels = [p for n, p in lock.items() if n.startswith("linux-image-") and n != recipe.KERNEL_METAPACKAGE]
     if len(kernels) != 1:
-        raise ImageError("packages.lock must pin exactly one linux-image-X-amd64 package", "Run `python -m iso lock`")
+        raise ImageError("packages.lock must pin exactly one linux-image-X-amd64 package", "Run `pymachine image lock`")
     return kernels[0]
 
 
@@ -223,7 +224,7 @@ class ImageBuilder:
     def _check_lock_covers_recipe(self, lock: dict[str, LockedPackage]) -> None:
         missing = [name for name in wanted_packages() if name not in lock]
         if missing:
-            raise ImageError(f"packages.lock does not pin {', '.join(missing)}", "Run `python -m iso lock` to pin them")
+            raise ImageError(f"packages.lock does not pin {', '.join(missing)}", "Run `pymachine image lock` to pin them")
 
     def fetch(self, lock: dict[str, LockedPackage]) -> dict[str, Path]:
         """Each locked package's .deb in work/debs, downloaded when missing, sha256 checked."""
@@ -244,7 +245,7 @@ class ImageBuilder:
             except CommandFailed as exc:
                 raise ImageError(
                     f"apt-get could not download the pinned packages: {exc.message.split(': ', 1)[-1]}",
-                    "Run `apt-get update`; if a pinned version is gone from the archive, run `python -m iso lock`",
+                    "Run `apt-get update`; if a pinned version is gone from the archive, run `pymachine image lock`",
                 ) from None
             for package in missing:
                 path = self._deb_path(debs_dir, package)
@@ -254,7 +255,7 @@ class ImageBuilder:
                 if actual != package.sha256:
                     raise ImageError(
                         f"{path.name} has sha256 {actual[:12]}..., the lock says {package.sha256[:12]}...",
-                        "Run `python -m iso lock` if the archive changed, or delete the file and build again",
+                        "Run `pymachine image lock` if the archive changed, or delete the file and build again",
                     )
                 found[package.name] = path
         return found
@@ -355,7 +356,7 @@ class ImageBuilder:
                 if soname not in index:
                     raise ImageError(
                         f"{entry.path} needs {soname}, which no package in the recipe provides",
-                        "Add its package to LIBRARY_PACKAGES in iso/recipe.py and run `python -m iso lock`",
+                        "Add its package to LIBRARY_PACKAGES in iso/recipe.py and run `pymachine image lock`",
                     )
                 new = Entry.file(f"lib/{recipe.MULTIARCH}/{soname}", index[soname][1], 0o755)
                 entries[new.path] = new
@@ -492,7 +493,7 @@ def make_lock(runner: Runner, path: Path = LOCK_PATH) -> str:
     shown = _apt_show(runner, names)
     lines = [
         "# Pinned Debian packages of the boot image: name version sha256.",
-        "# Rewrite with `python -m iso lock`; the build downloads exactly these.",
+        "# Rewrite with `pymachine image lock`; the build downloads exactly these.",
     ]
     for name in names:
         if name not in shown:

@@ -1,7 +1,7 @@
 """What goes into the boot image and the engine bundle. Edit this file to add a package.
 
 Every package named here is pinned, with its version and sha256, in iso/packages.lock
-(`python -m iso lock` rewrites that file from the current apt sources). Binaries are
+(`pymachine image lock` rewrites that file from the current apt sources). Binaries are
 taken by path; the shared libraries they need are found by reading their ELF headers
 and taken from LIBRARY_PACKAGES, so a missing library fails the build, not the boot.
 """
@@ -128,5 +128,5 @@ KERNEL_MODULES: list[str] = [
 #: Passed to the kernel by isolinux and by the QEMU driver's direct boot.
 KERNEL_CMDLINE = "console=tty0 console=ttyS0,115200 quiet loglevel=3 rodata=off"
 
-#: Volume id of the boot ISO. (The config medium's is machine.configmedium.VOLUME_ID.)
+#: Volume id of the boot ISO. (The config medium's is pymachine.guest.configmedium.VOLUME_ID.)
 BOOT_VOLUME_ID = "PYMACHINE"

@@ -11,9 +11,10 @@ import json
 import os
 from pathlib import Path
 
-from .certs import CertPaths
-from .errors import CommandFailed, MachineError
-from .runner import Runner
+from pymachine.errors import CommandFailed, MachineError
+from pymachine.guest.certs import CertPaths
+from pymachine.runner import Runner
+from pymachine.store import Store
 
 PREFIX = "pymachine-"
 
@@ -35,6 +36,22 @@ def current_context() -> str | None:
     except (OSError, ValueError):
         return None
     return data.get("currentContext") or None
+
+
+def active_machine(store: Store) -> str | None:
+    """The machine the docker CLI points at: by DOCKER_HOST, else by the current context."""
+    host = os.environ.get("DOCKER_HOST", "")
+    names = store.names()
+    if host:
+        for name in names:
+            try:
+                if store.load(name).docker_url == host:
+                    return name
+            except MachineError:
+                continue
+        return None
+    current = current_context()
+    return next((name for name in names if current == context_name(name)), None)
 
 
 class DockerContexts:

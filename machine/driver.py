@@ -1,28 +1,37 @@
 """The driver contract: what every hypervisor backend must do, and how drivers are found.
 
 A driver manages one VM for one machine. It never prints, never talks SSH, and calls
-every external program through the Runner it is given. The core (machine.machines)
+every external program through the Runner it is given. The core (pymachine.machine)
 decides *what* happens; a driver only knows *how* on its hypervisor.
+
+What every driver does alike lives here too: the guest's SSH and Docker ports and the
+host endpoints that forward to them, and the serial log kept from the previous boot.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-import functools
 import enum
+import functools
+import os
 import socket
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .errors import DriverError, MachineError
-from .mounts import Mount
-from .runner import Runner
+from pymachine.errors import DriverError, MachineError
+from pymachine.runner import Runner
 
 ENTRY_POINT_GROUP = "pymachine.drivers"
+#: The guest's SSH server and Docker's TLS port, the same in every guest.
+GUEST_SSH_PORT = 22
+GUEST_DOCKER_PORT = 2376
+#: Where every driver forwards the guest's SSH and Docker ports on the host.
+LOOPBACK = "127.0.0.1"
 
 
 class State(str, enum.Enum):
@@ -54,8 +63,6 @@ class Feature(str, enum.Enum):
     SERIAL_LOG = "serial-log"
     #: boots the kernel and initrd directly, skipping the ISO's boot loader
     DIRECT_KERNEL_BOOT = "direct-kernel-boot"
-    #: the guest can be cut off from everything but its host forwards
-    RESTRICT_NETWORK = "restrict-network"
     #: forwards can be changed while the VM is stopped (they persist in its config)
     STOPPED_FORWARDS = "stopped-forwards"
     #: host folders can be shared into the guest (`create --mount`)
@@ -106,6 +113,31 @@ def host_port_free(protocol: str, host_ip: str, port: int) -> bool:
 
 
 @dataclass(frozen=True)
+class Mount:
+    """One host folder, seen in the guest at `guest`."""
+
+    host: str
+    guest: str
+    writable: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"host": self.host, "guest": self.guest, "writable": self.writable}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Mount:
+        return cls(str(data["host"]), str(data["guest"]), bool(data.get("writable", True)))
+
+    def __str__(self) -> str:
+        where = self.host if self.host == self.guest else f"{self.host} as {self.guest}"
+        return where + ("" if self.writable else " (read-only)")
+
+
+def share_tag(index: int) -> str:
+    """The name the hypervisor gives the `index`th share; the guest mounts it by this name."""
+    return f"pmshare{index}"
+
+
+@dataclass(frozen=True)
 class Endpoint:
     """A host and port the host can connect to."""
 
@@ -141,7 +173,7 @@ class MachineSpec:
     config_medium: Path
     ssh_port: int
     docker_port: int
-    #: host folders the guest mounts, in the order of their names (mounts.share_tag)
+    #: host folders the guest mounts, in the order of their names (share_tag)
     mounts: tuple[Mount, ...] = ()
 
     @property
@@ -251,13 +283,13 @@ class Driver(abc.ABC):
     def state(self) -> State:
         """The VM's state, asked of the hypervisor, quickly and without SSH."""
 
-    @abc.abstractmethod
     def ssh_endpoint(self) -> Endpoint:
-        """Where on the host the guest's SSH server answers."""
+        """Where on the host the guest's SSH server answers (a forward on loopback)."""
+        return Endpoint(LOOPBACK, self.spec.ssh_port)
 
-    @abc.abstractmethod
     def docker_endpoint(self) -> Endpoint:
-        """Where on the host the guest's Docker TLS port (2376) answers."""
+        """Where on the host the guest's Docker TLS port (2376) answers (a forward on loopback)."""
+        return Endpoint(LOOPBACK, self.spec.docker_port)
 
     @abc.abstractmethod
     def add_forward(self, forward: PortForward) -> None:
@@ -286,11 +318,19 @@ class Driver(abc.ABC):
         return {}
 
     def serial_log(self) -> Path | None:
-        """The file holding the guest's serial console, if the driver keeps one."""
-        return None
+        """The file holding the guest's serial console, where the driver keeps one (SERIAL_LOG)."""
+        return self.spec.directory / "serial.log" if self.supports(Feature.SERIAL_LOG) else None
 
-    def supports(self, feature: Feature) -> bool:
-        return feature in self.features
+    @classmethod
+    def supports(cls, feature: Feature) -> bool:
+        """True if this driver declares `feature`."""
+        return feature in cls.features
+
+    def rotate_serial_log(self) -> None:
+        """Keep the previous boot's console as serial.log.1; call before each start."""
+        log = self.serial_log()
+        if log is not None and log.exists() and log.stat().st_size:
+            os.replace(log, log.with_name(log.name + ".1"))
 
 
 def _format_default(value: Any) -> str:
@@ -301,7 +341,8 @@ def _format_default(value: Any) -> str:
 
 def _convert(key: str, raw: str, hint: Any) -> Any:
     wanted = hint
-    if typing.get_origin(hint) is typing.Union:  # Optional[...]
+    # Optional[int] is a typing.Union; `int | None` (PEP 604) is a types.UnionType.
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
         wanted = next(a for a in typing.get_args(hint) if a is not type(None))
     if wanted is bool:
         lowered = raw.strip().lower()

@@ -14,9 +14,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import HypervisorConflict
-from .progress import Progress
-from .runner import Runner
+from pymachine.driver import Driver, DriverOptions
+from pymachine.errors import HypervisorConflict
+from pymachine.progress import Progress
+from pymachine.runner import Runner
 
 #: Families of hypervisors: the pymachine driver that uses each, if any.
 VIRTUALBOX = "VirtualBox"
@@ -166,3 +167,9 @@ class HypervisorGuard:
             names = [comm] + [os.path.basename(a) for a in argv[:2]]
             name = next((n for n in names if n in _PROCESS_FAMILY or _QEMU.match(n)), comm)
             yield int(entry.name), name, argv
+
+
+def check_before_start(runner: Runner, driver: type[Driver], options: DriverOptions, force: bool, progress: Progress | None = None) -> None:
+    """Refuse to start a VM of `driver` beside another hypervisor's VMs (unless `force`)."""
+    accelerated = driver.hardware_accelerated(runner, options)
+    HypervisorGuard(runner).check(driver.name, force=force, accelerated=accelerated, progress=progress)

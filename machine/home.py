@@ -6,18 +6,20 @@ Tests build a Home on a temporary folder.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .progress import Progress
-from .runner import Runner
-from .ssh import GuestSSH, SSHTarget
-from .store import Store
+from pymachine.dockercontext import DockerContexts
+from pymachine.guest.certs import CertificateAuthority
+from pymachine.guest.ssh import GuestSSH, SSHTarget
+from pymachine.progress import Progress
+from pymachine.runner import Runner
+from pymachine.store import Store, default_root
 
-#: Like ~/.docker/machine for docker-machine; short, because QMP socket paths live under it.
-DEFAULT_ROOT = "~/.pymachine"
+CACHE_ENV = "PYMACHINE_CACHE_PATH"
 
 
 @dataclass
@@ -37,20 +39,34 @@ class Home:
 
     @classmethod
     def from_environment(cls, storage_path: str | None = None, **kwargs) -> Home:
-        """--storage-path, else $PYMACHINE_STORAGE_PATH, else ~/.pymachine."""
-        root = storage_path or os.environ.get("PYMACHINE_STORAGE_PATH") or DEFAULT_ROOT
-        cache = os.environ.get("PYMACHINE_CACHE_PATH") or None
-        return cls(Path(root), cache=Path(cache) if cache else None, **kwargs)
+        """--storage-path, else $PYMACHINE_STORAGE_PATH, else ~/.pymachine; the cache from
+        $PYMACHINE_CACHE_PATH, else its cache/ folder."""
+        cache = os.environ.get(CACHE_ENV) or None
+        return cls(default_root(storage_path), cache=Path(cache) if cache else None, **kwargs)
 
     @property
     def certs_dir(self) -> Path:
         return self.root / "certs"
 
     @property
+    def debug_log(self) -> Path:
+        return self.root / "debug.log"
+
+    @property
     def image_work_dir(self) -> Path:
         """Downloaded packages and unpacked trees of image builds (kept for fast rebuilds)."""
         assert self.cache is not None
         return self.cache / "image-work"
+
+    @functools.cached_property
+    def ca(self) -> CertificateAuthority:
+        """The CA and client certificate every machine shares."""
+        return CertificateAuthority(self.certs_dir)
+
+    @functools.cached_property
+    def contexts(self) -> DockerContexts:
+        """The docker CLI's contexts, one per machine."""
+        return DockerContexts(self.runner)
 
     def ssh(self, target: SSHTarget) -> GuestSSH:
         return self.ssh_factory(target)

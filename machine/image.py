@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .errors import ImageError
-from .iso9660 import SECTOR, volume_id
+from pymachine import __version__
+from pymachine.errors import ImageError
+from pymachine.guest.iso9660 import SECTOR, volume_id
+from pymachine.guest.provision import EngineBundle
+from pymachine.store import MachineConfig
 
 ARCH = "amd64"
 BOOT_VOLUME_ID = "PYMACHINE"
@@ -40,6 +42,13 @@ class BootImage:
     engine_bundle: Path | None = None
     engine_sha256: str = ""
     engine_version: str = ""
+
+    @property
+    def engine(self) -> EngineBundle:
+        """The engine bundle provisioning installs with this image."""
+        if self.engine_bundle is None:
+            raise ImageError(f"The boot image {self.iso.name} comes without its engine bundle", BUILD_HINT)
+        return EngineBundle(self.engine_bundle, self.engine_sha256, self.engine_version)
 
     @classmethod
     def from_manifest(cls, manifest_path: Path) -> BootImage:
@@ -136,11 +145,12 @@ class BootImage:
                 _download(f"{base}/{item['file']}", target, item["sha256"], progress, replace=True)
         return cls.from_manifest(manifest_path)
 
-    def pin(self, directory: Path) -> BootImage:
+    def pin(self, directory: Path, kernel: bool = True) -> BootImage:
         """Hard-link (or copy) the boot files into a machine's folder.
 
         A later image build replaces the cache's files; a machine keeps booting the
-        image it was created with until `pymachine upgrade`.
+        image it was created with until `pymachine upgrade`. `kernel` False keeps the ISO
+        alone, for drivers that cannot boot a kernel directly.
         """
         target = directory / "boot"
         target.mkdir(parents=True, exist_ok=True)
@@ -161,9 +171,9 @@ class BootImage:
         return BootImage(
             iso=keep(self.iso, "boot.iso") or self.iso,
             version=self.version,
-            kernel=keep(self.kernel, "vmlinuz"),
-            initrd=keep(self.initrd, "initrd"),
-            pvh_kernel=keep(self.pvh_kernel, "vmlinux"),
+            kernel=keep(self.kernel, "vmlinuz") if kernel else None,
+            initrd=keep(self.initrd, "initrd") if kernel else None,
+            pvh_kernel=keep(self.pvh_kernel, "vmlinux") if kernel else None,
             cmdline=self.cmdline,
             engine_bundle=self.engine_bundle,
             engine_sha256=self.engine_sha256,
@@ -226,12 +236,17 @@ def _download(url: str, target: Path, sha256: str | None, progress: Callable[[st
     return target
 
 
-def build_image(home, force: bool = False):
-    """Run the recipe in iso/ into the cache; returns its Artifacts."""
+def engine_for(config: MachineConfig, cache: Path) -> EngineBundle:
+    """The engine a machine installs: the bundle it was made with, while the cache keeps
+    it, else the cache's current one (an image rebuild replaces the bundle)."""
     try:
-        import zstandard  # noqa: F401
-
-        from iso.build import ImageBuilder
-    except ImportError:
-        raise ImageError("Building the boot image needs pymachine's image extra", "Run `pip install 'pymachine[image]'`") from None
-    return ImageBuilder(Path(home.cache), home.image_work_dir, home.runner, home.progress).build(force=force)
+        current: BootImage | None = BootImage.locate(cache)
+    except ImageError:
+        current = None
+    bundle = Path(config.engine_bundle) if config.engine_bundle else None
+    if bundle is not None and bundle.is_file() and (current is None or current.engine_bundle != bundle):
+        version = config.engine_version or bundle.name.split("-")[2]
+        return EngineBundle(bundle, sha256_file(bundle), version)
+    if current is None:
+        raise ImageError(f"The engine bundle for machine '{config.name}' is gone from the cache", "Run `pymachine image build`")
+    return current.engine

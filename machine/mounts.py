@@ -10,41 +10,15 @@ list from the config medium.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
 
-from .errors import MachineError
+from pymachine.driver import Mount
+from pymachine.errors import MachineError
 
 #: Guest paths the guest itself lives on: a share there would hide the guest's own files.
 _GUEST_SYSTEM = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/mnt", "/proc", "/root", "/run", "/sbin", "/sys", "/usr", "/var")
 #: Paths that may hold shares below them, but not be one.
 _GUEST_PARENTS = ("/", "/tmp", "/home")
-
-
-@dataclass(frozen=True)
-class Mount:
-    """One host folder, seen in the guest at `guest`."""
-
-    host: str
-    guest: str
-    writable: bool = True
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"host": self.host, "guest": self.guest, "writable": self.writable}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Mount:
-        return cls(str(data["host"]), str(data["guest"]), bool(data.get("writable", True)))
-
-    def __str__(self) -> str:
-        where = self.host if self.host == self.guest else f"{self.host} as {self.guest}"
-        return where + ("" if self.writable else " (read-only)")
-
-
-def share_tag(index: int) -> str:
-    """The name the hypervisor gives the `index`th share; the guest mounts it by this name."""
-    return f"pmshare{index}"
 
 
 def parse_mount(text: str) -> Mount:
@@ -100,8 +74,3 @@ def resolve_mounts(requested: list[str] | None, supported: bool, driver: str) ->
         if guests.count(guest) > 1:
             raise MachineError(f"--mount: two folders would both appear at {guest} in the guest", "Run `pymachine create` with one guest path per --mount")
     return mounts
-
-
-def medium_lines(mounts: list[Mount]) -> str:
-    """The config medium's `mounts` file: `TAG rw|ro GUEST-PATH` per line (the path last, so it may hold spaces)."""
-    return "".join(f"{share_tag(i)} {'rw' if m.writable else 'ro'} {m.guest}\n" for i, m in enumerate(mounts))

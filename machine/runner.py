@@ -13,7 +13,7 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .errors import CommandFailed, DriverNotAvailable
+from pymachine.errors import CommandFailed, DriverNotAvailable
 
 
 @dataclass(frozen=True)

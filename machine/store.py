@@ -1,6 +1,6 @@
 """The store: pymachine's folder on disk, and the only code that writes it.
 
-Layout (under the home folder, see machine.home):
+Layout (under the home folder, see pymachine.home):
     certs/                  CA and client certificate shared by all machines
     cache/                  boot images
     machines/NAME/          one folder per machine
@@ -23,7 +23,13 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidName, MachineExists, MachineNotFound, StoreError
+from pymachine.errors import InvalidName, MachineExists, MachineNotFound, StoreError
+from pymachine.locking import FileLock, LockBusy
+
+#: pymachine's folder unless --storage-path or $PYMACHINE_STORAGE_PATH says otherwise. Like
+#: ~/.docker/machine for docker-machine, but short: QMP socket paths live under it.
+DEFAULT_ROOT = "~/.pymachine"
+STORAGE_ENV = "PYMACHINE_STORAGE_PATH"
 
 CONFIG_VERSION = 1
 
@@ -37,6 +43,11 @@ _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9.-]{0,62}\Z")
 STATUS_CREATING = "creating"
 STATUS_READY = "ready"
 STATUS_ERROR = "error"
+
+
+def default_root(storage_path: str | None = None) -> Path:
+    """--storage-path, else $PYMACHINE_STORAGE_PATH, else ~/.pymachine."""
+    return Path(storage_path or os.environ.get(STORAGE_ENV) or DEFAULT_ROOT).expanduser()
 
 
 def validate_name(name: str) -> str:
@@ -79,6 +90,11 @@ class MachineConfig:
     status: str = STATUS_CREATING
     error: str = ""
     created_at: str = ""
+
+    @property
+    def docker_url(self) -> str:
+        """DOCKER_HOST for this machine: every driver forwards Docker's port on loopback."""
+        return f"tcp://127.0.0.1:{self.docker_port}"
 
     def to_json(self) -> dict[str, Any]:
         return {"version": CONFIG_VERSION, **asdict(self)}
@@ -148,16 +164,19 @@ class Store:
             return []
         return sorted(e for e in entries if _NAME.match(e) and (self.machines_dir / e).is_dir())
 
-    def reserve(self, config: MachineConfig) -> Path:
-        """Make the folder for a new machine and write its first config; fail if it exists."""
+    @contextlib.contextmanager
+    def reserve(self, config: MachineConfig) -> Iterator[Path]:
+        """Make the folder of a new machine and hold its lock while the first config is
+        written and for as long as the caller keeps the context; MachineExists if taken."""
         directory = self.machine_dir(config.name)
         self.machines_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             directory.mkdir(mode=0o700)
         except FileExistsError:
             raise MachineExists(config.name) from None
-        self.save(config)
-        return directory
+        with self.lock(config.name):
+            self.save(config)
+            yield directory
 
     def load(self, name: str) -> MachineConfig:
         path = self.config_path(name)
@@ -184,23 +203,32 @@ class Store:
         atomic_write(self.config_path(config.name), text)
 
     def remove(self, name: str) -> None:
-        """Delete the machine's folder and everything in it."""
-        import shutil
+        """Delete the machine's folder and everything in it.
 
-        shutil.rmtree(self.machine_dir(name), ignore_errors=True)
+        The folder is first renamed out of the machines folder, in one step, so that no
+        other command can see a half-deleted machine; callers hold the machine's lock.
+        """
+        import shutil
+        import uuid
+
+        directory = self.machine_dir(name)
+        trash = self.machines_dir / f".removing-{name}-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(directory, trash)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(trash, ignore_errors=True)
 
     @contextlib.contextmanager
     def lock(self, name: str, timeout: float = 10.0) -> Iterator[None]:
         """Hold the machine's lock: one changing command per machine at a time."""
-        from filelock import FileLock, Timeout
-
         directory = self.machine_dir(name)
         if not directory.is_dir():
             raise MachineNotFound(name)
-        lock = FileLock(str(directory / ".lock"), timeout=timeout)
+        lock = FileLock(directory / ".lock")
         try:
-            lock.acquire()
-        except Timeout:
+            lock.acquire(timeout)
+        except LockBusy:
             raise StoreError(
                 f"Machine '{name}' is busy with another pymachine command",
                 f"Wait for it to finish, then run `pymachine status {name}`",

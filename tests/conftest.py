@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from machine.home import Home
-from machine.image import MANIFEST_NAME, BootImage
-from machine.progress import RecordingProgress
+from pymachine.home import Home
+from pymachine.image import MANIFEST_NAME, BootImage
+from pymachine.progress import RecordingProgress
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = Path.home() / ".cache" / "pymachine-test"

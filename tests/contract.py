@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from machine.certs import SSHKeyPair
-from machine.configmedium import write_config_medium
-from machine.driver import BootMedia, Driver, MachineSpec
+from pymachine.driver import BootMedia, Driver, MachineSpec
+from pymachine.guest.certs import SSHKeyPair
+from pymachine.guest.configmedium import write_config_medium
 
 
 def free_port() -> int:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from drivers.parallels import ParallelsDriver, ParallelsOptions
-from drivers.virtualbox import VirtualBoxDriver, VirtualBoxOptions
-from machine.driver import BootMedia
-from machine.runner import Runner
+from pymachine.driver import BootMedia
+from pymachine.drivers.parallels import ParallelsDriver, ParallelsOptions
+from pymachine.drivers.virtualbox import VirtualBoxDriver, VirtualBoxOptions
+from pymachine.runner import Runner
 
 from .contract import Harness, make_spec
 from .fakes import parallels_model, vbox_model

@@ -18,9 +18,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from machine import certs as certs_module
-from machine.certs import CertificateAuthority, CertPaths, SSHKeyPair, expiry, server_needs_renewal
-from machine.errors import MachineError
+from pymachine.errors import MachineError
+from pymachine.guest import certs as certs_module
+from pymachine.guest.certs import (
+    CertificateAuthority,
+    CertPaths,
+    SSHKeyPair,
+    expiry,
+    server_needs_renewal,
+)
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from machine import __version__
-from machine.cli import run_cli
-from machine.store import CONFIG_VERSION, STATUS_READY, MachineConfig, Store
+from pymachine import __version__
+from pymachine.cli.main import run_cli
+from pymachine.store import CONFIG_VERSION, STATUS_READY, MachineConfig, Store
 
 ROOT = Path(__file__).resolve().parent.parent
 PYMACHINE = ROOT / ".venv" / "bin" / "pymachine"
@@ -51,7 +51,8 @@ def assert_one_line_error(code: int, out: str, err: str, *needles: str) -> str:
 def add_machine(root: Path, name: str, **fields) -> Path:
     store = Store(root)
     fields.setdefault("driver", "qemu")
-    store.reserve(MachineConfig(name=name, **fields))
+    with store.reserve(MachineConfig(name=name, **fields)):
+        pass
     return store.machine_dir(name)
 
 
@@ -211,9 +212,10 @@ def test_config_from_the_future_is_refused_in_one_line(args: list[str], storage:
 
 
 def test_rm_of_an_existing_machine_needs_confirmation_without_a_terminal(storage: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from machine.store import MachineConfig, Store
+    from pymachine.store import MachineConfig, Store
 
-    Store(storage).reserve(MachineConfig(name="keep", driver="qemu"))
+    with Store(storage).reserve(MachineConfig(name="keep", driver="qemu")):
+        pass
     got = assert_one_line_error(*cli(capsys, "rm", "keep"))
     assert got == "Error: rm needs confirmation. Run `pymachine rm -y keep`"
     assert (storage / "machines" / "keep").is_dir(), "nothing is removed without confirmation"
@@ -260,7 +262,7 @@ def test_usage_errors_are_one_line(args: list[str], line: str, storage: Path, ca
 
 
 def test_unexpected_errors_are_one_line_and_logged_with_the_traceback(storage: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    from machine.machines import Machines
+    from pymachine.machines import Machines
 
     def broken(self, timeout: float = 10.0):
         raise RuntimeError("boom")
@@ -355,16 +357,16 @@ def test_ls_filter(filters: list[str], names: list[str], three_machines: Path, c
 def test_ls_does_not_wait_past_its_timeout_for_a_hung_hypervisor(three_machines: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     import time
 
-    from machine.machines import Machines
+    from pymachine.machine import Machine
 
-    answer = Machines.status
+    answer = Machine.status
 
-    def hangs_for_dev(self, name: str) -> str:
-        if name == "dev":
+    def hangs_for_dev(self) -> str:
+        if self.name == "dev":
             time.sleep(3)  # VBoxManage stuck on a locked VM, say
-        return answer(self, name)
+        return answer(self)
 
-    monkeypatch.setattr(Machines, "status", hangs_for_dev)
+    monkeypatch.setattr(Machine, "status", hangs_for_dev)
     started = time.monotonic()
     code, out, _ = cli(capsys, "ls", "--timeout", "0.3", "--format", "{{.Name}} {{.State}} {{.Error}}")
     assert time.monotonic() - started < 1.5

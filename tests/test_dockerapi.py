@@ -14,9 +14,9 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from machine.certs import CertificateAuthority, CertPaths
-from machine.dockerapi import DockerAPI, EventStream, api_for
-from machine.errors import ProvisionError
+from pymachine.errors import ProvisionError
+from pymachine.guest.certs import CertificateAuthority, CertPaths
+from pymachine.guest.dockerapi import DockerAPI, EventStream, api_for
 
 CONTAINER = "4f1c2e9d8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e"
 

@@ -13,18 +13,18 @@ from typing import Callable
 
 import pytest
 
-from drivers.qemu import QemuDriver, QemuOptions
-from machine.driver import Feature, PortForward, State
-from machine.errors import MachineStateError, PortUnavailable
-from machine.image import BootImage
-from machine.runner import Runner
+from pymachine.driver import Feature, PortForward, State
+from pymachine.drivers.qemu import QemuDriver, QemuOptions
+from pymachine.errors import MachineStateError, PortUnavailable
+from pymachine.image import BootImage
+from pymachine.runner import Runner
 
 from .contract import Harness, free_port, make_spec, read_banner, wait_for
 
 
 def qemu_harness(tmp_path: Path, request: pytest.FixtureRequest) -> Harness:
     image: BootImage = request.getfixturevalue("boot_image")
-    from machine.driver import BootMedia
+    from pymachine.driver import BootMedia
 
     boot = BootMedia(image.iso, image.kernel, image.initrd, image.cmdline, image.pvh_kernel)
     spec = make_spec(tmp_path / "qemu-m", "contract", boot)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from machine.driver import driver_names, load_driver
+from pymachine.driver import Feature, driver_names, load_driver
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "drivers.md"
 
@@ -25,3 +25,14 @@ def test_the_fake_tested_drivers_say_so() -> None:
     text = DOC.read_text()
     assert "**Tested against a faithful fake, not yet on a real VirtualBox.**" in text
     assert "**Tested against a faithful fake, not yet on a real Parallels.**" in text
+
+
+@pytest.mark.parametrize("feature", list(Feature))
+def test_the_feature_table_says_what_each_driver_declares(feature: Feature) -> None:
+    table = DOC.read_text().split("| Feature |", 1)[1].split("\n\n", 1)[0].splitlines()[2:]
+    row = next((line for line in table if line.startswith(f"| {feature.value} ")), None)
+    assert row is not None, f"docs/drivers.md has no row for {feature.value}"
+    cells = [cell.strip() for cell in row.strip("|").split("|")][1:]
+    drivers = ["qemu", "virtualbox", "parallels"]
+    said = {name: cell.split(",")[0] for name, cell in zip(drivers, cells)}
+    assert said == {name: "yes" if load_driver(name).supports(feature) else "no" for name in drivers}

@@ -16,17 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from machine.certs import CertPaths
-from machine.dockerapi import DockerAPI
-from machine.errors import HypervisorConflict
-from machine.home import Home
-from machine.image import MANIFEST_NAME
-from machine.machines import CreateOptions, Machines
-from machine.procs import alive
-from machine.progress import RecordingProgress
-from machine.provision import CONFIG_FILES, ENGINE
-from machine.runner import Runner
-from machine.watcherproc import WatcherProcess
+from pymachine.errors import HypervisorConflict
+from pymachine.guest.certs import CertPaths
+from pymachine.guest.dockerapi import DockerAPI
+from pymachine.guest.provision import CONFIG_FILES, ENGINE
+from pymachine.home import Home
+from pymachine.image import MANIFEST_NAME
+from pymachine.machines import CreateOptions, Machines
+from pymachine.procs import alive
+from pymachine.progress import RecordingProgress
+from pymachine.runner import Runner
 
 from .contract import wait_for
 from .fakes import vbox_model
@@ -78,20 +77,22 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Mac
         yield machines, fake, farm
     finally:
         for name in machines.store.names():
-            watcher = WatcherProcess(home, name)
+            machine = machines.get(name)
+            watcher = machine.watcher
             # A watcher writes its pidfile a moment after it starts: wait for it, so
             # that removing the machine stops it.
             wait_for(lambda: watcher.pid() is not None or not (watcher.directory / "watcher.log").exists(), timeout=10)
-            machines.remove(name, force=True)
+            machine.remove(force=True)
         farm.stop()
 
 
 def test_create_runs_the_whole_flow_against_the_fakes(world: tuple[Machines, FakeVirtualBox, GuestFarm]) -> None:
     machines, fake, farm = world
     options = CreateOptions(driver="virtualbox", cpus=1, memory_mb=512, disk_mb=2048, driver_options={"backend": "vboxmanage"}, force=True)
-    config = machines.create("dev", options)
+    machine = machines.create("dev", options)
+    config = machine.config
 
-    folder = machines.directory("dev")
+    folder = machine.directory
     expected = [
         ["VBoxManage", "--version"],
         ["VBoxManage", "showvminfo", "dev", "--machinereadable"],
@@ -122,7 +123,7 @@ def test_create_runs_the_whole_flow_against_the_fakes(world: tuple[Machines, Fak
     assert all(call == ["VBoxManage", "showvminfo", "dev", "--machinereadable"] for call in calls[len(expected) :])
 
     assert config.status == "ready"
-    assert machines.status("dev") == "Running"
+    assert machine.status() == "Running"
     guest = farm.guests["dev"]
     assert guest.engine_running and guest.engine_sha256
     assert set(CONFIG_FILES) <= set(guest.files)
@@ -137,11 +138,11 @@ def test_create_runs_the_whole_flow_against_the_fakes(world: tuple[Machines, Fak
         api.close()
     assert "Linux version" in (folder / "serial.log").read_text()
 
-    watcher = WatcherProcess(machines.home, "dev")
+    watcher = machine.watcher
     assert wait_for(lambda: watcher.pid() is not None, timeout=10), "the forward watcher did not start"
     pid = watcher.pid()
     assert pid is not None
-    machines.remove("dev")
+    machine.remove()
     assert not alive(pid), "removing the machine must stop its watcher"
     assert fake.machine("dev") is None
     assert ["VBoxManage", "unregistervm", "dev", "--delete"] in fake.calls()
@@ -161,3 +162,4 @@ def test_create_refuses_to_start_beside_another_hypervisor(world: tuple[Machines
     assert f"Parallels VM 'win11' (pid {pid}; stop it with `prlctl stop 'win11'`)" in str(caught.value)
     assert not any(call[1] == "createvm" for call in fake.calls())
     assert not machines.store.exists("dev"), "a refused create leaves nothing to clean up"
+

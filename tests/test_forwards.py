@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from machine.driver import PortForward
-from machine.forwards import Plan, WantedForward, plan, wanted_from_inspect
+from pymachine.driver import PortForward
+from pymachine.forwarding.plan import Plan, WantedForward, plan, wanted_from_inspect
 
 CONTAINER_ID = "4f1c2e9d8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e"
 
@@ -244,3 +244,44 @@ def test_plan_from_inspect_end_to_end() -> None:
     result = plan(wanted_from_inspect(after), before)
     assert result.remove == [PortForward("tcp", "127.0.0.1", 3001, 3001)]
     assert [w.forward for w in result.add] == [PortForward("tcp", "0.0.0.0", 3001, 3001), PortForward("udp", "127.0.0.1", 5353, 5353)]
+
+
+class _NoUDPLoopbackOnly:
+    """The watcher's view of a driver that declares neither UDP nor any-host-address."""
+
+    name = "stub"
+    features = frozenset()
+
+    def __init__(self) -> None:
+        self.added: list[PortForward] = []
+
+    def supports(self, feature: object) -> bool:
+        return feature in self.features
+
+    def docker_endpoint(self) -> object:
+        from pymachine.driver import Endpoint
+
+        return Endpoint("127.0.0.1", 2376)
+
+    def add_forward(self, forward: PortForward) -> None:
+        self.added.append(forward)
+
+
+def test_the_watcher_refuses_what_the_driver_does_not_declare(tmp_path) -> None:
+    from pymachine.forwarding.watcher import ForwardWatcher
+    from pymachine.store import Store
+
+    driver = _NoUDPLoopbackOnly()
+    watcher = ForwardWatcher("dev", tmp_path, driver, "127.0.0.1", lambda: None, Store(tmp_path / "home"))  # type: ignore[arg-type]
+    try:
+        udp = WantedForward(PortForward("udp", "127.0.0.1", 5353, 53), "c1", "dns")
+        wide = WantedForward(PortForward("tcp", "0.0.0.0", 8080, 8080), "c2", "web")
+        fine = WantedForward(PortForward("tcp", "127.0.0.1", 8081, 8081), "c3", "api")
+        for item in (udp, wide, fine):
+            watcher._add(item)
+    finally:
+        watcher.close()
+    assert driver.added == [fine.forward]
+    assert watcher.records[udp.forward.key].reason == "the stub driver cannot forward UDP"
+    assert watcher.records[wide.forward.key].reason == "the stub driver forwards on 127.0.0.1 only, not on every interface"
+    assert watcher.records[fine.forward.key].state == "active"

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from machine.errors import HypervisorConflict
-from machine.guard import HypervisorGuard, VMProcess
-from machine.progress import RecordingProgress
-from machine.runner import Runner
+from pymachine.errors import HypervisorConflict
+from pymachine.guard import HypervisorGuard, VMProcess
+from pymachine.progress import RecordingProgress
+from pymachine.runner import Runner
 
 from .fakes.processes import FakeVMs
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from machine.errors import ImageError
-from machine.image import MANIFEST_NAME, BootImage
+from pymachine.errors import ImageError
+from pymachine.image import MANIFEST_NAME, BootImage
 
 
 @pytest.fixture

@@ -11,9 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from machine.certs import SSHKeyPair
-from machine.configmedium import SIZE, VOLUME_ID, config_medium, write_config_medium
-from machine.iso9660 import SECTOR, IsoWriter, iso_name, read_files, volume_id
+from pymachine.guest.certs import SSHKeyPair
+from pymachine.guest.configmedium import (
+    SIZE,
+    VOLUME_ID,
+    config_medium,
+    write_config_medium,
+)
+from pymachine.guest.iso9660 import SECTOR, IsoWriter, iso_name, read_files, volume_id
 
 STAMP = 1_700_000_000  # 2023-11-14 22:13:20 UTC
 BOOT = bytes(range(256)) * 9 + b"odd"  # 2307 bytes: not a multiple of 4, spans two sectors

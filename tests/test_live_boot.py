@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from drivers.qemu import QemuDriver, QemuOptions
-from machine.certs import SSHKeyPair
-from machine.driver import BootMedia
-from machine.errors import SSHError
-from machine.image import BootImage
-from machine.runner import Runner
-from machine.ssh import GuestSSH, SSHTarget
+from pymachine.driver import BootMedia
+from pymachine.drivers.qemu import QemuDriver, QemuOptions
+from pymachine.errors import SSHError
+from pymachine.guest.certs import SSHKeyPair
+from pymachine.guest.ssh import GuestSSH, SSHTarget
+from pymachine.image import BootImage
+from pymachine.runner import Runner
 
 from .contract import make_spec, wait_for
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from machine.procs import alive, read_pidfile
+from pymachine.procs import alive, read_pidfile
 
 from .conftest import image_cache
 from .contract import wait_for

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from machine.procs import alive, read_pidfile
+from pymachine.procs import alive, read_pidfile
 
 from .conftest import image_cache
 from .contract import wait_for
@@ -146,7 +146,7 @@ def test_a_client_without_the_client_certificate_is_refused(cli: CLI) -> None:
 def test_ssh_refuses_a_host_key_mismatch(cli: CLI) -> None:
     pub = cli.machine_dir(NAME) / "ssh_host_ed25519_key.pub"
     original = pub.read_text()
-    from machine.certs import SSHKeyPair
+    from pymachine.guest.certs import SSHKeyPair
 
     pub.write_text(SSHKeyPair.generate("other").public_line + "\n")
     try:

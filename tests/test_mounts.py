@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from machine.certs import SSHKeyPair
-from machine.configmedium import config_medium
-from machine.errors import MachineError
-from machine.iso9660 import read_files
-from machine.mounts import Mount, default_mounts, medium_lines, parse_mount, resolve_mounts
+from pymachine.driver import Mount
+from pymachine.errors import MachineError
+from pymachine.guest.certs import SSHKeyPair
+from pymachine.guest.configmedium import config_medium, mount_lines
+from pymachine.guest.iso9660 import read_files
+from pymachine.mounts import default_mounts, parse_mount, resolve_mounts
 
 from .test_qemu_unit import make_driver, value_after
 
@@ -99,9 +100,10 @@ def test_mount_round_trips_through_the_store_form() -> None:
 
 def test_the_config_medium_lists_the_mounts_path_last() -> None:
     host = SSHKeyPair.generate("root@dev")
-    lines = medium_lines([Mount("/h/one", "/Users/John Smith"), Mount("/h/two", "/data", False)])
+    mounts = [Mount("/h/one", "/Users/John Smith"), Mount("/h/two", "/data", False)]
+    lines = mount_lines(mounts)
     assert lines == "pmshare0 rw /Users/John Smith\npmshare1 ro /data\n"
-    files = read_files(config_medium("dev", "ssh-ed25519 AAAA k", host.private_pem, lines))
+    files = read_files(config_medium("dev", "ssh-ed25519 AAAA k", host.private_pem, mounts))
     assert files["mounts"] == lines.encode()
     assert "mounts" not in read_files(config_medium("dev", "ssh-ed25519 AAAA k", host.private_pem))
 

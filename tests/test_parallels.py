@@ -14,10 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from drivers.parallels import VM_STATES, ParallelsDriver, ParallelsOptions
-from machine.driver import Feature, PortForward, State
-from machine.errors import DriverError, DriverNotAvailable, MachineStateError, PortUnavailable
-from machine.runner import Completed, Runner
+from pymachine.driver import Feature, PortForward, State
+from pymachine.drivers.parallels import VM_STATES, ParallelsDriver, ParallelsOptions
+from pymachine.errors import (
+    DriverError,
+    DriverNotAvailable,
+    MachineStateError,
+    PortUnavailable,
+)
+from pymachine.runner import Completed, Runner
 
 from .contract import free_port
 from .fake_harnesses import parallels_driver

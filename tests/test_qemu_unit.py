@@ -17,11 +17,19 @@ from typing import Callable
 
 import pytest
 
-from drivers import qemu as qemu_module
-from drivers.qemu import MAX_SOCKET_PATH, TCG_CPU, Accelerator, QemuDriver, QemuOptions, detect_accelerator, parse_usernet
-from machine.driver import BootMedia, MachineSpec, PortForward, State
-from machine.errors import DriverError, MachineStateError, PortUnavailable
-from machine.runner import Runner
+from pymachine.driver import BootMedia, MachineSpec, PortForward, State
+from pymachine.drivers import qemu as qemu_module
+from pymachine.drivers.qemu import (
+    MAX_SOCKET_PATH,
+    TCG_CPU,
+    Accelerator,
+    QemuDriver,
+    QemuOptions,
+    detect_accelerator,
+    parse_usernet,
+)
+from pymachine.errors import DriverError, MachineStateError, PortUnavailable
+from pymachine.runner import Runner
 
 CMDLINE = "console=ttyS0 quiet pymachine.data=LABEL=pmdata"
 
@@ -494,7 +502,7 @@ def test_start_without_a_data_disk(tmp_path: Path) -> None:
 
 
 def test_precheck(tmp_path: Path) -> None:
-    from machine.errors import DriverNotAvailable
+    from pymachine.errors import DriverNotAvailable
 
     empty = tmp_path / "empty"
     empty.mkdir()

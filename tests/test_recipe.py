@@ -17,10 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from iso import build as build_module
-from iso import recipe
-from iso.archive import Entry, cpio_newc, tar_bytes
-from iso.build import (
+from pymachine.errors import ImageError
+from pymachine.image import MANIFEST_NAME
+from pymachine.iso import build as build_module
+from pymachine.iso import recipe
+from pymachine.iso.archive import Entry, cpio_newc, tar_bytes
+from pymachine.iso.build import (
     LOCK_PATH,
     ImageBuilder,
     LockedPackage,
@@ -32,10 +34,8 @@ from iso.build import (
     read_lock,
     wanted_packages,
 )
-from iso.elf import has_pvh_entry, is_elf, needed_libraries
-from machine.errors import ImageError
-from machine.image import MANIFEST_NAME
-from machine.runner import Runner
+from pymachine.iso.elf import has_pvh_entry, is_elf, needed_libraries
+from pymachine.runner import Runner
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEM_BINARY = Path("/bin/ls")
@@ -270,7 +270,7 @@ def test_read_lock_rejects_malformed_lines(tmp_path: Path, line: str) -> None:
     with pytest.raises(ImageError) as caught:
         read_lock(lock)
     assert f"{lock}:3: expected 'name version sha256'" in str(caught.value)
-    assert "`python -m iso lock`" in str(caught.value)
+    assert "`pymachine image lock`" in str(caught.value)
 
 
 def test_read_lock_of_a_missing_file(tmp_path: Path) -> None:

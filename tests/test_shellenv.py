@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from machine import shellenv
-from machine.cli import run_cli
-from machine.errors import MachineError
-from machine.fastpath import try_fast_env
-from machine.store import STATUS_READY, MachineConfig, Store
+from pymachine.cli import shellenv
+from pymachine.cli.fastpath import try_fast_env
+from pymachine.cli.main import run_cli
+from pymachine.errors import MachineError
+from pymachine.store import STATUS_READY, MachineConfig, Store
 
 ROOT = Path(__file__).resolve().parent.parent
 PYMACHINE = ROOT / ".venv" / "bin" / "pymachine"
@@ -32,7 +32,8 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, restored_
 
 def make_machine(root: Path, name: str = "dev", status: str = STATUS_READY, docker_port: int = 42376, error: str = "") -> Path:
     store = Store(root)
-    store.reserve(MachineConfig(name=name, driver="qemu", status=status, docker_port=docker_port, ssh_port=42022, error=error))
+    with store.reserve(MachineConfig(name=name, driver="qemu", status=status, docker_port=docker_port, ssh_port=42022, error=error)):
+        pass
     return store.machine_dir(name)
 
 
@@ -371,7 +372,7 @@ def _machine_with_ca(tmp_path: Path) -> Path:
 
 
 def test_a_ca_bundle_variable_is_pointed_at_a_copy_with_the_machines_ca(tmp_path: Path) -> None:
-    from machine.shellenv import ca_bundle_override
+    from pymachine.cli.shellenv import ca_bundle_override
 
     system = tmp_path / "system.pem"
     system.write_bytes(b"-----BEGIN CERTIFICATE-----\nSYSTEM\n-----END CERTIFICATE-----\n")
@@ -386,13 +387,13 @@ def test_a_ca_bundle_variable_is_pointed_at_a_copy_with_the_machines_ca(tmp_path
 
 
 def test_no_override_without_such_a_variable(tmp_path: Path) -> None:
-    from machine.shellenv import ca_bundle_override
+    from pymachine.cli.shellenv import ca_bundle_override
 
     assert ca_bundle_override(str(_machine_with_ca(tmp_path)), {}) == []
 
 
 def test_unset_gives_the_users_own_bundle_back(tmp_path: Path) -> None:
-    from machine.shellenv import ca_bundle_override, ca_bundle_restore
+    from pymachine.cli.shellenv import ca_bundle_override, ca_bundle_restore
 
     system = tmp_path / "system.pem"
     system.write_bytes(b"SYSTEM\n")

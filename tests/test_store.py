@@ -11,9 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from machine import store as store_module
-from machine.errors import InvalidName, MachineExists, MachineNotFound, StoreError
-from machine.store import CONFIG_VERSION, STATUS_ERROR, MachineConfig, Store, atomic_write, validate_name
+from pymachine import store as store_module
+from pymachine.errors import InvalidName, MachineExists, MachineNotFound, StoreError
+from pymachine.store import (
+    CONFIG_VERSION,
+    STATUS_ERROR,
+    MachineConfig,
+    Store,
+    atomic_write,
+    validate_name,
+)
 
 
 @pytest.fixture
@@ -80,7 +87,8 @@ def test_store_paths_refuse_invalid_names(store: Store) -> None:
 def test_names_lists_machine_folders_only_sorted(store: Store) -> None:
     assert store.names() == []
     for name in ("zeta", "alpha", "mid.dle"):
-        store.reserve(MachineConfig(name=name, driver="qemu"))
+        with store.reserve(MachineConfig(name=name, driver="qemu")):
+            pass
     (store.machines_dir / "stray-file").write_text("not a machine")
     (store.machines_dir / ".hidden").mkdir()
     assert store.names() == ["alpha", "mid.dle", "zeta"]
@@ -100,7 +108,8 @@ def test_reserve_save_load_round_trip(store: Store) -> None:
         ssh_port=40022,
         docker_port=42376,
     )
-    directory = store.reserve(config)
+    with store.reserve(config) as directory:
+        pass
     assert directory == store.machines_dir / "dev"
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     assert store.exists("dev")
@@ -116,9 +125,11 @@ def test_reserve_save_load_round_trip(store: Store) -> None:
 
 
 def test_reserve_twice_fails_and_keeps_the_first(store: Store) -> None:
-    store.reserve(MachineConfig(name="dev", driver="qemu", cpus=3))
+    with store.reserve(MachineConfig(name="dev", driver="qemu", cpus=3)):
+        pass
     with pytest.raises(MachineExists) as caught:
-        store.reserve(MachineConfig(name="dev", driver="virtualbox"))
+        with store.reserve(MachineConfig(name="dev", driver="virtualbox")):
+            pass
     assert "`pymachine rm dev`" in str(caught.value)
     assert store.load("dev").cpus == 3
     assert store.load("dev").driver == "qemu"
@@ -132,7 +143,8 @@ def test_unknown_keys_in_config_are_ignored(store: Store) -> None:
 
 
 def test_remove_deletes_the_folder(store: Store) -> None:
-    store.reserve(MachineConfig(name="dev", driver="qemu"))
+    with store.reserve(MachineConfig(name="dev", driver="qemu")):
+        pass
     (store.machine_dir("dev") / "data.qcow2").write_bytes(b"disk")
     store.remove("dev")
     assert not store.exists("dev")
@@ -158,7 +170,8 @@ def test_half_created_machine_loads_as_error(store: Store) -> None:
 
 
 def test_config_is_written_0600_through_a_temp_file_and_os_replace(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    store.reserve(MachineConfig(name="dev", driver="qemu"))
+    with store.reserve(MachineConfig(name="dev", driver="qemu")):
+        pass
     path = store.config_path("dev")
     before = path.stat().st_ino
     replaced: list[tuple[str, str]] = []
@@ -196,7 +209,8 @@ def test_atomic_write_mode_even_with_a_permissive_umask(tmp_path: Path) -> None:
 
 
 def test_a_failed_write_keeps_the_old_config_and_leaves_no_temp_file(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    store.reserve(MachineConfig(name="dev", driver="qemu", cpus=2))
+    with store.reserve(MachineConfig(name="dev", driver="qemu", cpus=2)):
+        pass
     path = store.config_path("dev")
     old_bytes = path.read_bytes()
 
@@ -214,13 +228,14 @@ def test_a_failed_write_keeps_the_old_config_and_leaves_no_temp_file(store: Stor
 
 def test_a_process_killed_mid_write_leaves_the_old_config_intact(store: Store, tmp_path: Path) -> None:
     """A real crash: the writer dies after writing half the temp file, before os.replace."""
-    store.reserve(MachineConfig(name="dev", driver="qemu", cpus=2))
+    with store.reserve(MachineConfig(name="dev", driver="qemu", cpus=2)):
+        pass
     path = store.config_path("dev")
     old_bytes = path.read_bytes()
     script = f"""
 import os, sys
 sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
-from machine import store
+from pymachine import store
 real_fdopen = os.fdopen
 class Dies:
     def __init__(self, handle): self.handle = handle
@@ -330,7 +345,8 @@ def test_unreadable_config_is_one_line_naming_rm(store: Store, text: str) -> Non
 
 
 def test_lock_is_exclusive_and_names_the_next_command(store: Store) -> None:
-    store.reserve(MachineConfig(name="dev", driver="qemu"))
+    with store.reserve(MachineConfig(name="dev", driver="qemu")):
+        pass
     with store.lock("dev"):
         with pytest.raises(StoreError) as caught:
             with store.lock("dev", timeout=0.1):
@@ -343,12 +359,13 @@ def test_lock_is_exclusive_and_names_the_next_command(store: Store) -> None:
 
 
 def test_lock_is_held_across_processes(store: Store) -> None:
-    store.reserve(MachineConfig(name="dev", driver="qemu"))
+    with store.reserve(MachineConfig(name="dev", driver="qemu")):
+        pass
     script = f"""
 import sys
 sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
-from machine.store import Store
-from machine.errors import StoreError
+from pymachine.store import Store
+from pymachine.errors import StoreError
 try:
     with Store({str(store.root)!r}).lock("dev", timeout=0.2):
         print("acquired")

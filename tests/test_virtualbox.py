@@ -16,14 +16,21 @@ from pathlib import Path
 
 import pytest
 
-from drivers.virtualbox import VirtualBoxDriver, VirtualBoxOptions
-from drivers.virtualbox import driver as vbox_driver
-from drivers.virtualbox.backend import NatRule, VBoxFailure
-from drivers.virtualbox.vboxmanage import VBoxManageBackend, parse_machinereadable
-from machine.driver import PortForward, State
-from machine.mounts import Mount
-from machine.errors import DriverError, DriverNotAvailable, MachineStateError, PortUnavailable
-from machine.runner import Completed, Runner
+from pymachine.driver import Mount, PortForward, State
+from pymachine.drivers.virtualbox import VirtualBoxDriver, VirtualBoxOptions
+from pymachine.drivers.virtualbox import driver as vbox_driver
+from pymachine.drivers.virtualbox.backend import NatRule, VBoxFailure
+from pymachine.drivers.virtualbox.vboxmanage import (
+    VBoxManageBackend,
+    parse_machinereadable,
+)
+from pymachine.errors import (
+    DriverError,
+    DriverNotAvailable,
+    MachineStateError,
+    PortUnavailable,
+)
+from pymachine.runner import Completed, Runner
 
 from .contract import free_port
 from .fake_harnesses import virtualbox_driver

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from machine.errors import DriverError
+from pymachine.errors import DriverError
 
 T = TypeVar("T")
 

@@ -16,7 +16,6 @@ imports, and VBoxManage through the Runner otherwise (see backend.py).
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import time
@@ -26,10 +25,29 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from machine.driver import Driver, DriverOptions, Endpoint, Feature, HostReport, MachineSpec, PortForward, State, host_port_free, option
-from machine.errors import CommandFailed, DriverError, DriverNotAvailable, MachineError, MachineStateError, PortUnavailable
-from machine.mounts import share_tag
-from machine.runner import Runner
+from pymachine.driver import (
+    GUEST_DOCKER_PORT,
+    GUEST_SSH_PORT,
+    Driver,
+    DriverOptions,
+    Feature,
+    HostReport,
+    MachineSpec,
+    PortForward,
+    State,
+    host_port_free,
+    option,
+    share_tag,
+)
+from pymachine.errors import (
+    CommandFailed,
+    DriverError,
+    DriverNotAvailable,
+    MachineError,
+    MachineStateError,
+    PortUnavailable,
+)
+from pymachine.runner import Runner
 
 from .api import NIC_TYPES, ApiBackend, ApiUnavailable, connect
 from .backend import Backend, NatRule, VBoxFailure, VMInfo, VMLayout
@@ -41,8 +59,6 @@ INSTALL_HINT = "Install VirtualBox 5 or newer from https://www.virtualbox.org/wi
 MIN_MAJOR = 5
 #: minikube's limit: a healthy VBoxManage answers --version at once.
 VERSION_TIMEOUT = 4.0
-GUEST_SSH_PORT = 22
-GUEST_DOCKER_PORT = 2376
 SSH_RULE = "ssh"
 DOCKER_RULE = "docker"
 #: Rules pymachine adds for containers; others (made by hand) are left alone.
@@ -152,10 +168,9 @@ class VirtualBoxDriver(Driver):
     @property
     def console(self) -> Path:
         """Where VirtualBox writes the guest's serial console."""
-        return self.spec.directory / "serial.log"
-
-    def serial_log(self) -> Path | None:
-        return self.console
+        log = self.serial_log()
+        assert log is not None
+        return log
 
     @staticmethod
     def rule_name(forward: PortForward) -> str:
@@ -271,7 +286,7 @@ class VirtualBoxDriver(Driver):
         for port in (self.spec.ssh_port, self.spec.docker_port):
             if not host_port_free("tcp", "127.0.0.1", port):
                 raise PortUnavailable(f"Host port {port} is already in use", "pymachine will pick another port")
-        self._rotate_serial_log()
+        self.rotate_serial_log()
         self._do("start", lambda: self.backend.start(self.vm))
 
     def stop(self, timeout: float) -> None:
@@ -326,12 +341,6 @@ class VirtualBoxDriver(Driver):
         if info is None:
             return State.NOT_FOUND
         return VM_STATES.get(info.state, State.ERROR)
-
-    def ssh_endpoint(self) -> Endpoint:
-        return Endpoint("127.0.0.1", self.spec.ssh_port)
-
-    def docker_endpoint(self) -> Endpoint:
-        return Endpoint("127.0.0.1", self.spec.docker_port)
 
     def add_forward(self, forward: PortForward) -> None:
         info = self._require_info()
@@ -414,10 +423,6 @@ class VirtualBoxDriver(Driver):
             if rule.name in current:
                 self._do("move a forward of", partial(self.backend.remove_rule, self.vm, rule.name, False))
             self._do("add a forward to", partial(self.backend.add_rule, self.vm, rule, False))
-
-    def _rotate_serial_log(self) -> None:
-        if self.console.exists() and self.console.stat().st_size:
-            os.replace(self.console, self.console.with_name("serial.log.1"))
 
 
 # -- module helpers ---------------------------------------------------------------------

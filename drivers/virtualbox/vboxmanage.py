@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from machine.errors import CommandFailed
-from machine.runner import Completed, Runner
+from pymachine.errors import CommandFailed
+from pymachine.runner import Completed, Runner
 
 from .backend import NatRule, VBoxFailure, VMInfo, VMLayout, with_retries
 

@@ -1,6 +1,8 @@
 """The typer commands. Each parses its arguments, calls the core, and prints the result.
 
 stdout carries only results (for scripts and `eval`); progress and notes go to stderr.
+What one run works with (the storage path, the Home built from it) is a Session, handed
+to every command as click's context object; there is no module-level state.
 """
 
 from __future__ import annotations
@@ -9,14 +11,21 @@ import json
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
-from . import __version__
-from .errors import MachineError
-from .progress import Progress
+from pymachine import __version__
+from pymachine.cli.output import TerminalProgress, setup_logging
+from pymachine.errors import MachineError
+from pymachine.store import DEFAULT_ROOT, default_root
+
+if TYPE_CHECKING:
+    from pymachine.home import Home
+    from pymachine.machine import Machine
+    from pymachine.machines import Machines
 
 app = typer.Typer(
     name="pymachine",
@@ -29,71 +38,41 @@ app = typer.Typer(
 image_app = typer.Typer(help="Build and inspect the boot image.", no_args_is_help=True)
 app.add_typer(image_app, name="image")
 
-_state: dict[str, Any] = {}
 
+@dataclass
+class Session:
+    """One run of the CLI: the storage path the root options chose, and its Home."""
 
-class TerminalProgress(Progress):
-    """Step lines with durations on stderr; a bar for transfers when stderr is a terminal."""
-
-    def __init__(self) -> None:
-        self._console: Any = None
-        self._bar: Any = None
-        self._task: Any = None
+    storage: str | None = None
+    _home: Home | None = None
 
     @property
-    def console(self) -> Any:
-        # rich is imported on first output only: `ls` and friends never pay for it.
-        if self._console is None:
-            from rich.console import Console
+    def home(self) -> Home:
+        if self._home is None:
+            from pymachine.home import Home
 
-            self._console = Console(stderr=True, highlight=False)
-        return self._console
+            self._home = Home.from_environment(self.storage, progress=TerminalProgress())
+        return self._home
 
-    def on_step_start(self, title: str) -> None:
-        if not self.console.is_terminal:
-            self.console.print(f"  {title} ...")
+    @property
+    def machines(self) -> Machines:
+        from pymachine.machines import Machines
 
-    def on_step_end(self, title: str, seconds: float, ok: bool) -> None:
-        self._close_bar()
-        mark = "[green]✔[/green]" if ok else "[red]✘[/red]"
-        self.console.print(f"{mark} {title} [dim]({seconds:.1f}s)[/dim]")
+        return Machines(self.home)
 
-    def on_transfer_start(self, title: str, total: int) -> None:
-        if not self.console.is_terminal:
-            return
-        from rich.progress import BarColumn, DownloadColumn, Progress as Bar, TransferSpeedColumn
+    def machine(self, name: str) -> Machine:
+        """The machine called `name`, or the usual one-line error."""
+        return self.machines.get(name)
 
-        self._bar = Bar("  {task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=self.console, transient=True)
-        self._bar.start()
-        self._task = self._bar.add_task(title, total=total or None)
-
-    def on_transfer(self, done: int, total: int) -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, completed=done)
-
-    def on_note(self, message: str) -> None:
-        self.console.print(f"[yellow]![/yellow] {message}")
-
-    def _close_bar(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
+    @property
+    def debug_log(self) -> Path:
+        return default_root(self.storage) / "debug.log"
 
 
-def home_from_context() -> Path | None:
-    home = _state.get("home")
-    return home.root if home is not None else None
-
-
-def _machines():
-    from .home import Home
-    from .machines import Machines
-
-    home = _state.get("home")
-    if home is None:
-        home = Home.from_environment(_state.get("storage"), progress=TerminalProgress())
-        _state["home"] = home
-    return Machines(home)
+def _session(ctx: typer.Context) -> Session:
+    if not isinstance(ctx.obj, Session):
+        ctx.obj = Session()
+    return ctx.obj
 
 
 def _version_callback(value: bool) -> None:
@@ -104,16 +83,15 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def root(
-    storage_path: Optional[str] = typer.Option(None, "--storage-path", "-s", envvar="PYMACHINE_STORAGE_PATH", help="pymachine's folder (default ~/.pymachine)."),
+    ctx: typer.Context,
+    storage_path: Optional[str] = typer.Option(None, "--storage-path", "-s", envvar="PYMACHINE_STORAGE_PATH", help=f"pymachine's folder (default {DEFAULT_ROOT})."),
     debug: bool = typer.Option(False, "--debug", "-D", help="Also print the debug log on stderr."),
     version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
 ) -> None:
-    from .cli import setup_logging
-
-    _state["storage"] = storage_path
-    _state.pop("home", None)
-    root_dir = Path(storage_path or "~/.pymachine").expanduser()
-    setup_logging(root_dir, debug)
+    session = _session(ctx)
+    session.storage = storage_path
+    session._home = None
+    setup_logging(session.debug_log, debug)
 
 
 def _size_mb(value: str, what: str) -> int:
@@ -140,6 +118,7 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
 
 @app.command()
 def create(
+    ctx: typer.Context,
     name: str = typer.Argument(..., help="Machine name: letters, digits, '.' and '-'."),
     driver: str = typer.Option("qemu", "--driver", "-d", help="qemu, virtualbox or parallels (see `pymachine drivers`)."),
     cpus: int = typer.Option(2, "--cpus", help="Virtual CPUs."),
@@ -160,11 +139,11 @@ def create(
 
     Host folders are shared so that `docker run -v HOST-PATH:...` finds them: your home
     folder by default (qemu driver), or the folders given with --mount."""
-    from .machines import CreateOptions
+    from pymachine.machines import CreateOptions
 
     if mount and no_mounts:
         raise MachineError("--mount and --no-mounts contradict each other", "Run `pymachine create` with one of them")
-    machines = _machines()
+    machines = _session(ctx).machines
     options = CreateOptions(
         driver=driver,
         cpus=cpus,
@@ -186,68 +165,68 @@ def create(
 
 
 @app.command()
-def start(names: list[str] = typer.Argument(..., help="Machines to start."), force: bool = typer.Option(False, "--force", help="Start even while another hypervisor runs VMs.")) -> None:
+def start(ctx: typer.Context, names: list[str] = typer.Argument(..., help="Machines to start."), force: bool = typer.Option(False, "--force", help="Start even while another hypervisor runs VMs.")) -> None:
     """Start machines and wait until Docker answers."""
-    machines = _machines()
+    session = _session(ctx)
     for name in names:
-        machines.start(name, force=force)
+        session.machine(name).start(force=force)
         print(f"Machine '{name}' is running.", file=sys.stderr)
 
 
 @app.command()
-def stop(names: list[str] = typer.Argument(..., help="Machines to stop."), timeout: float = typer.Option(30.0, "--timeout", "-t", help="Seconds to wait for a clean shutdown before forcing it.")) -> None:
+def stop(ctx: typer.Context, names: list[str] = typer.Argument(..., help="Machines to stop."), timeout: float = typer.Option(30.0, "--timeout", "-t", help="Seconds to wait for a clean shutdown before forcing it.")) -> None:
     """Shut machines down cleanly (forced after --timeout)."""
-    machines = _machines()
+    session = _session(ctx)
     for name in names:
-        if not machines.stop(name, timeout=timeout):
+        if not session.machine(name).stop(timeout=timeout):
             print(f"Machine '{name}' is already stopped.", file=sys.stderr)
 
 
 @app.command()
-def restart(names: list[str] = typer.Argument(...), force: bool = typer.Option(False, "--force", help="Start even while another hypervisor runs VMs.")) -> None:
+def restart(ctx: typer.Context, names: list[str] = typer.Argument(...), force: bool = typer.Option(False, "--force", help="Start even while another hypervisor runs VMs.")) -> None:
     """Stop, then start machines."""
-    machines = _machines()
+    session = _session(ctx)
     for name in names:
-        machines.restart(name, force=force)
+        session.machine(name).restart(force=force)
 
 
 @app.command()
-def kill(names: list[str] = typer.Argument(...)) -> None:
+def kill(ctx: typer.Context, names: list[str] = typer.Argument(...)) -> None:
     """Power machines off at once."""
-    machines = _machines()
+    session = _session(ctx)
     for name in names:
-        if not machines.kill(name):
+        if not session.machine(name).kill():
             print(f"Machine '{name}' is already stopped.", file=sys.stderr)
 
 
 @app.command("rm")
 def remove(
+    ctx: typer.Context,
     names: list[str] = typer.Argument(..., help="Machines to remove."),
     force: bool = typer.Option(False, "--force", "-f", help="Remove even if the VM or its files are damaged."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
     """Remove machines: their VMs, disks, files and docker contexts."""
-    machines = _machines()
-    for name in names:
-        if not machines.store.exists(name):
-            machines.load(name)  # the usual one-line error for a bad or unknown name
+    session = _session(ctx)
+    doomed = [session.machine(name) for name in names]  # the usual one-line error for a bad or unknown name
     if not yes:
         if not sys.stdin.isatty():
             raise MachineError("rm needs confirmation", f"Run `pymachine rm -y {' '.join(names)}`")
         typer.confirm(f"Remove {', '.join(names)} and everything in {'them' if len(names) > 1 else 'it'}?", abort=True, err=True)
-    for name in names:
-        machines.remove(name, force=force)
-        print(f"Removed machine '{name}'.", file=sys.stderr)
+    for machine in doomed:
+        machine.remove(force=force)
+        print(f"Removed machine '{machine.name}'.", file=sys.stderr)
 
 
 @app.command()
-def provision(name: str, reinstall: bool = typer.Option(False, "--reinstall", help="Install the engine bundle even if the guest has it.")) -> None:
+def provision(ctx: typer.Context, name: str, reinstall: bool = typer.Option(False, "--reinstall", help="Install the engine bundle even if the guest has it.")) -> None:
     """Run provisioning again: engine, certificates, daemon config."""
-    _machines().provision(name, reinstall=reinstall)
+    _session(ctx).machine(name).provision(reinstall=reinstall)
 
 
 @app.command("regenerate-certs")
 def regenerate_certs(
+    ctx: typer.Context,
     name: str,
     client_certs: bool = typer.Option(False, "--client-certs", help="Also make a new CA (every machine then needs regenerate-certs)."),
     force: bool = typer.Option(False, "--force", "-f", help="Do not ask for confirmation."),
@@ -255,13 +234,13 @@ def regenerate_certs(
     """Make new TLS certificates for a machine and install them."""
     if not force and sys.stdin.isatty():
         typer.confirm(f"Regenerate the TLS certificates of '{name}'?", abort=True, err=True)
-    _machines().regenerate_certs(name, include_ca=client_certs)
+    _session(ctx).machine(name).regenerate_certs(include_ca=client_certs)
 
 
 @app.command()
-def upgrade(name: str) -> None:
+def upgrade(ctx: typer.Context, name: str) -> None:
     """Move a machine to the current boot image and Docker engine (restarts it)."""
-    _machines().upgrade(name)
+    _session(ctx).machine(name).upgrade()
 
 
 # -- queries ---------------------------------------------------------------------------
@@ -269,17 +248,18 @@ def upgrade(name: str) -> None:
 
 @app.command()
 def env(
+    ctx: typer.Context,
     name: Optional[str] = typer.Argument(None),
     shell: Optional[str] = typer.Option(None, "--shell", help="bash, zsh, sh, fish, powershell, cmd, tcsh or emacs (default: from $SHELL)."),
     unset: bool = typer.Option(False, "--unset", "-u", help="Print code that unsets the variables."),
     no_proxy: bool = typer.Option(False, "--no-proxy", help="Add the machine's address to NO_PROXY."),
 ) -> None:
     """Print the shell code that points docker at a machine: eval $(pymachine env NAME)."""
-    from .fastpath import render_env
+    from pymachine.cli.fastpath import render_env
 
     if name is None and not unset:
         raise MachineError("env needs a machine name", "Run `pymachine env NAME`, or `pymachine ls` to list machines")
-    out, hint = render_env(_state.get("storage"), name, shell, unset, no_proxy)
+    out, hint = render_env(_session(ctx).storage, name, shell, unset, no_proxy)
     sys.stdout.write(out)
     if sys.stdout.isatty():
         print(hint, file=sys.stderr)
@@ -287,13 +267,14 @@ def env(
 
 @app.command("ls")
 def list_machines(
+    ctx: typer.Context,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Names only."),
     filters: list[str] = typer.Option([], "--filter", help="name=, driver= or state= (repeatable)."),
     fmt: str = typer.Option("table", "--format", "-f", help="table, json, or a template like '{{.Name}} {{.State}}'."),
     timeout: float = typer.Option(10.0, "--timeout", "-t", help="Seconds to wait for each machine's state."),
 ) -> None:
     """List machines and their states (asked of the hypervisors in parallel)."""
-    rows = _machines().list(timeout=timeout)
+    rows = _session(ctx).machines.list(timeout=timeout)
     # As docker-machine: values of one key are alternatives, different keys must all match.
     wanted: dict[str, list[str]] = {}
     for item in filters:
@@ -350,27 +331,27 @@ def _template(fmt: str, data: dict[str, Any]) -> str:
 
 
 @app.command()
-def status(name: str) -> None:
+def status(ctx: typer.Context, name: str) -> None:
     """Print a machine's state."""
-    print(_machines().status(name))
+    print(_session(ctx).machine(name).status())
 
 
 @app.command()
-def url(name: str) -> None:
+def url(ctx: typer.Context, name: str) -> None:
     """Print the Docker URL of a machine."""
-    print(_machines().url(name))
+    print(_session(ctx).machine(name).url)
 
 
 @app.command()
-def ip(name: str) -> None:
+def ip(ctx: typer.Context, name: str) -> None:
     """Print the host address where the machine's forwarded ports answer."""
-    print(_machines().ip(name))
+    print(_session(ctx).machine(name).ip())
 
 
 @app.command()
-def inspect(name: str, fmt: str = typer.Option("json", "--format", "-f", help="json, or a template like '{{.driver}}'.")) -> None:
+def inspect(ctx: typer.Context, name: str, fmt: str = typer.Option("json", "--format", "-f", help="json, or a template like '{{.driver}}'.")) -> None:
     """Print everything pymachine knows about a machine."""
-    data = _machines().inspect(name)
+    data = _session(ctx).machine(name).inspect()
     if fmt == "json":
         print(json.dumps(data, indent=2, sort_keys=True, default=str))
     else:
@@ -378,45 +359,46 @@ def inspect(name: str, fmt: str = typer.Option("json", "--format", "-f", help="j
 
 
 @app.command()
-def config(name: str) -> None:
+def config(ctx: typer.Context, name: str) -> None:
     """Print docker CLI flags that reach a machine."""
-    print(_machines().docker_flags(name))
+    print(_session(ctx).machine(name).docker_flags())
 
 
 @app.command()
-def active() -> None:
+def active(ctx: typer.Context) -> None:
     """Print the machine the docker CLI points at."""
-    found = _machines().active()
+    found = _session(ctx).machines.active()
     if found is None:
         raise MachineError("No machine is active", "Run `eval $(pymachine env NAME)` or `pymachine use NAME`")
     print(found)
 
 
 @app.command()
-def use(name: str) -> None:
+def use(ctx: typer.Context, name: str) -> None:
     """Switch the docker CLI to a machine's context (pymachine-NAME)."""
-    _machines().use(name)
+    _session(ctx).machine(name).use()
     print(f"docker now uses machine '{name}' (context pymachine-{name}).", file=sys.stderr)
 
 
 @app.command()
-def version(name: Optional[str] = typer.Argument(None, help="A machine: print its Docker daemon's version.")) -> None:
+def version(ctx: typer.Context, name: Optional[str] = typer.Argument(None, help="A machine: print its Docker daemon's version.")) -> None:
     """Print pymachine's version, or a machine's Docker version."""
     if name is None:
         print(f"pymachine {__version__}")
         return
-    info = _machines().docker_version(name)
+    info = _session(ctx).machine(name).docker_version()
     print(info.get("Version", "unknown"))
 
 
 @app.command()
 def logs(
+    ctx: typer.Context,
     name: str,
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
     lines: int = typer.Option(0, "--lines", "-n", help="Only the last N lines."),
 ) -> None:
     """Print the guest's serial console."""
-    path = _machines().serial_log(name)
+    path = _session(ctx).machine(name).serial_log()
     if not path.exists():
         raise MachineError(f"Machine '{name}' has no console log yet", f"Run `pymachine start {name}`")
     with open(path, "rb") as handle:
@@ -438,42 +420,43 @@ def logs(
 
 
 @app.command(context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True})
-def ssh(name: str, command: list[str] = typer.Argument(None, help="A command to run instead of a shell.")) -> None:
+def ssh(ctx: typer.Context, name: str, command: list[str] = typer.Argument(None, help="A command to run instead of a shell.")) -> None:
     """Log into a machine, or run a command in it."""
-    from .sshcommand import interactive_ssh, run_remote
+    from pymachine.cli.sshcommand import interactive_ssh, run_remote
 
-    machines = _machines()
+    machine = _session(ctx).machine(name)
     if command and command[0] == "--":
         command = command[1:]
     if command:
-        raise typer.Exit(run_remote(machines, name, command))
-    interactive_ssh(machines, name)
+        raise typer.Exit(run_remote(machine, command))
+    interactive_ssh(machine)
 
 
 @app.command()
 def scp(
+    ctx: typer.Context,
     source: str = typer.Argument(..., help="[MACHINE:]PATH"),
     destination: str = typer.Argument(..., help="[MACHINE:]PATH"),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Copy folders."),
 ) -> None:
     """Copy files between this host and a machine: pymachine scp ./f dev:/tmp/f."""
-    from .sshcommand import copy
+    from pymachine.cli.sshcommand import copy
 
-    copy(_machines(), source, destination, recursive)
+    copy(_session(ctx), source, destination, recursive)
 
 
 # -- ports, doctor, drivers, image -----------------------------------------------------
 
 
 @app.command()
-def ports(name: str, fmt: str = typer.Option("table", "--format", "-f", help="table or json.")) -> None:
+def ports(ctx: typer.Context, name: str, fmt: str = typer.Option("table", "--format", "-f", help="table or json.")) -> None:
     """List a machine's port forwards and the watcher's health."""
-    from .watcherproc import WatcherProcess, forward_report
-
-    machines = _machines()
-    machines.load(name)
-    report = forward_report(machines.home, name)
-    WatcherProcess(machines.home, name).ensure_running_if_machine_runs(machines)
+    machine = _session(ctx).machine(name)
+    report = machine.watcher.report()
+    try:
+        machine.revive_watcher(machine.state())
+    except MachineError:
+        pass
     if fmt == "json":
         print(json.dumps(report, indent=2, sort_keys=True))
         return
@@ -489,11 +472,11 @@ def ports(name: str, fmt: str = typer.Option("table", "--format", "-f", help="ta
 
 
 @app.command()
-def doctor(fmt: str = typer.Option("text", "--format", "-f", help="text or json.")) -> None:
+def doctor(ctx: typer.Context, fmt: str = typer.Option("text", "--format", "-f", help="text or json.")) -> None:
     """Check each driver on this host, other hypervisors' VMs, and wanted ports."""
-    from .doctor import run_doctor
+    from pymachine.cli.doctor import run_doctor
 
-    report = run_doctor(_machines())
+    report = run_doctor(_session(ctx).machines)
     if fmt == "json":
         print(json.dumps(report, indent=2, sort_keys=True))
         return
@@ -510,7 +493,7 @@ def doctor(fmt: str = typer.Option("text", "--format", "-f", help="text or json.
 @app.command()
 def drivers() -> None:
     """List the drivers and their options (for `create -o KEY=VALUE`)."""
-    from .driver import driver_names, load_driver
+    from pymachine.driver import driver_names, load_driver
 
     for name in driver_names():
         cls = load_driver(name)
@@ -520,20 +503,36 @@ def drivers() -> None:
 
 
 @image_app.command("build")
-def image_build(force: bool = typer.Option(False, "--force", help="Build even if the cache is up to date.")) -> None:
+def image_build(ctx: typer.Context, force: bool = typer.Option(False, "--force", help="Build even if the cache is up to date.")) -> None:
     """Build the boot ISO, kernel, initrd and engine bundle into the cache (Debian/Ubuntu)."""
-    from .image import build_image
+    try:
+        import zstandard  # noqa: F401
 
-    home = _machines().home
-    artifacts = build_image(home, force=force)
+        from pymachine.iso.build import ImageBuilder
+    except ImportError:
+        raise MachineError("Building the boot image needs pymachine's image extra", "Run `pip install 'pymachine[image]'`") from None
+    home = _session(ctx).home
+    assert home.cache is not None
+    artifacts = ImageBuilder(home.cache, home.image_work_dir, home.runner, home.progress).build(force=force)
     for kind in sorted(artifacts.manifest["artifacts"]):
         print(f"{kind}: {artifacts.path(kind)}")
 
 
 @image_app.command("path")
-def image_path() -> None:
+def image_path(ctx: typer.Context) -> None:
     """Print where the boot image is (or would be) in the cache."""
-    from .image import MANIFEST_NAME
+    from pymachine.image import MANIFEST_NAME
 
-    home = _machines().home
-    print(Path(home.cache) / MANIFEST_NAME)
+    home = _session(ctx).home
+    assert home.cache is not None
+    print(home.cache / MANIFEST_NAME)
+
+
+@image_app.command("lock", hidden=True)
+def image_lock() -> None:
+    """Pin the recipe's Debian packages (name, version, sha256) in iso/packages.lock, for developers."""
+    from pymachine.iso.build import LOCK_PATH, make_lock
+    from pymachine.runner import Runner
+
+    text = make_lock(Runner())
+    print(f"pinned {len(text.splitlines()) - 2} packages in {LOCK_PATH}", file=sys.stderr)

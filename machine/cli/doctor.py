@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .driver import driver_names, load_driver
-from .errors import MachineError
-from .guard import HypervisorGuard
-from .machines import Machines
-from .watcherproc import STATE_FILE
+from pymachine.driver import driver_names, load_driver
+from pymachine.errors import MachineError
+from pymachine.forwarding.process import STATE_FILE
+from pymachine.guard import HypervisorGuard
+from pymachine.machines import Machines
 
 
 def run_doctor(machines: Machines) -> dict[str, Any]:
@@ -26,7 +26,7 @@ def run_doctor(machines: Machines) -> dict[str, Any]:
     blocked = []
     for name in machines.store.names():
         try:
-            data = json.loads((machines.directory(name) / STATE_FILE).read_text())
+            data = json.loads((machines.store.machine_dir(name) / STATE_FILE).read_text())
         except (OSError, ValueError):
             continue
         for item in data.get("forwards", []):

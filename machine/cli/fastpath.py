@@ -6,15 +6,14 @@ handles exactly the documented forms:
     pymachine [--storage-path DIR] env [--shell SHELL] [--unset|-u] [--no-proxy] [NAME]
 
 Anything else (--help, a typo, an unknown flag) returns None, and the full typer CLI
-parses it and gives its usual errors. Both paths render through machine.shellenv.
+parses it and gives its usual errors. Both paths render through pymachine.cli.shellenv.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
-from .errors import MachineError
+from pymachine.errors import MachineError
 
 
 def try_fast_env(args: list[str]) -> int | None:
@@ -66,26 +65,25 @@ def try_fast_env(args: list[str]) -> int | None:
 
 def render_env(storage: str | None, name: str | None, shell: str | None, unset: bool, no_proxy: bool) -> tuple[str, str]:
     """(shell code, usage hint) for `env`; shared by the fast path and the typer command."""
-    from . import shellenv
-    from .store import STATUS_READY, Store
+    from pymachine.cli import shellenv
+    from pymachine.store import STATUS_READY, Store, default_root
 
     shell = shellenv.check_shell(shell) if shell else shellenv.detect_shell()
     if unset:
         keys = list(shellenv.DOCKER_VARIABLES) + (["NO_PROXY"] if no_proxy else [])
         return shellenv.render(shellenv.ca_bundle_restore(), keys, shell), shellenv.usage_hint(name or "", shell, True)
     assert name is not None
-    root = storage or os.environ.get("PYMACHINE_STORAGE_PATH") or "~/.pymachine"
-    store = Store(os.path.expanduser(root))
+    store = Store(default_root(storage))
     config = store.load(name)
     if config.status != STATUS_READY or not config.docker_port:
         reason = config.error or f"status {config.status}"
         raise MachineError(f"Machine '{name}' is not ready ({reason})", f"Run `pymachine provision {name}`, or `pymachine rm {name}` and create it again")
     directory = store.machine_dir(name)
     # The one liveness check cheap enough for env: a crashed watcher is started again.
-    from .watcherproc import revive_if_crashed
+    from pymachine.forwarding.process import revive_if_crashed
 
     revive_if_crashed(directory)
-    assignments = shellenv.variables(name, config.docker_port, str(directory))
+    assignments = shellenv.variables(name, config.docker_url, str(directory))
     assignments += shellenv.ca_bundle_override(str(directory))
     if no_proxy:
         assignments.append(shellenv.no_proxy_value())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import MachineError
+from pymachine.errors import MachineError
 
 SHELLS = ("bash", "zsh", "sh", "fish", "powershell", "cmd", "tcsh", "emacs")
 DOCKER_VARIABLES = ("DOCKER_TLS_VERIFY", "DOCKER_HOST", "DOCKER_CERT_PATH", "DOCKER_MACHINE_NAME")
@@ -33,10 +33,10 @@ def check_shell(shell: str) -> str:
     return shell
 
 
-def variables(name: str, docker_port: int, cert_path: str) -> list[tuple[str, str]]:
+def variables(name: str, docker_url: str, cert_path: str) -> list[tuple[str, str]]:
     return [
         ("DOCKER_TLS_VERIFY", "1"),
-        ("DOCKER_HOST", f"tcp://127.0.0.1:{docker_port}"),
+        ("DOCKER_HOST", docker_url),
         ("DOCKER_CERT_PATH", cert_path),
         ("DOCKER_MACHINE_NAME", name),
     ]
@@ -86,7 +86,7 @@ def ca_bundle_override(machine_dir: str, environ: dict[str, str] | None = None) 
         if not unchanged:
             from pathlib import Path
 
-            from .store import atomic_write
+            from pymachine.store import atomic_write
 
             atomic_write(Path(target), content, mode=0o644)
         return [(key, target)]

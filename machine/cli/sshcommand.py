@@ -14,23 +14,27 @@ import shutil
 import stat
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .driver import State
-from .errors import MachineError, MachineStateError
-from .machines import Machines
-from .ssh import close_sftp
+from pymachine.driver import State
+from pymachine.errors import MachineError, MachineStateError
+from pymachine.guest.ssh import close_sftp
+
+if TYPE_CHECKING:
+    from pymachine.cli.app import Session
+    from pymachine.machine import Machine
 
 
-def _require_running(machines: Machines, name: str) -> None:
-    if machines.state(name) != State.RUNNING:
-        raise MachineStateError(f"Machine '{name}' is not running", f"Run `pymachine start {name}`")
+def _require_running(machine: Machine) -> None:
+    if machine.state() != State.RUNNING:
+        raise MachineStateError(f"Machine '{machine.name}' is not running", f"Run `pymachine start {machine.name}`")
 
 
-def ssh_argv(machines: Machines, name: str) -> list[str]:
+def ssh_argv(machine: Machine) -> list[str]:
     """The OpenSSH command line that logs into the machine."""
-    config = machines.load(name)
-    target = machines.ssh_target(config)
-    directory = machines.directory(name)
+    target = machine.ssh_target()
+    directory = machine.directory
+    name = machine.name
     return [
         "ssh",
         "-i", str(target.key_path),
@@ -44,30 +48,30 @@ def ssh_argv(machines: Machines, name: str) -> list[str]:
     ]
 
 
-def interactive_ssh(machines: Machines, name: str) -> None:
-    _require_running(machines, name)
-    argv = ssh_argv(machines, name)
+def interactive_ssh(machine: Machine) -> None:
+    _require_running(machine)
+    argv = ssh_argv(machine)
     program = shutil.which("ssh")
     if program is not None:
         os.execv(program, argv)
-    _paramiko_shell(machines, name)
+    _paramiko_shell(machine)
 
 
-def run_remote(machines: Machines, name: str, command: list[str]) -> int:
+def run_remote(machine: Machine, command: list[str]) -> int:
     """Run a command in the guest, streaming its output; its exit status."""
-    _require_running(machines, name)
+    _require_running(machine)
     text = command[0] if len(command) == 1 else " ".join(shlex.quote(c) for c in command)
-    with machines.ssh(name) as ssh:
+    with machine.ssh() as ssh:
         stdin = None if sys.stdin.isatty() else sys.stdin
         return ssh.stream(text, sys.stdout.buffer, sys.stderr.buffer, stdin=stdin)
 
 
-def _paramiko_shell(machines: Machines, name: str) -> None:
+def _paramiko_shell(machine: Machine) -> None:
     import select
     import termios
     import tty
 
-    with machines.ssh(name) as ssh:
+    with machine.ssh() as ssh:
         channel = ssh.session()
         size = shutil.get_terminal_size()
         channel.get_pty(term=os.environ.get("TERM", "xterm"), width=size.columns, height=size.lines)
@@ -95,15 +99,16 @@ def _split(location: str) -> tuple[str | None, str]:
     return None, location
 
 
-def copy(machines: Machines, source: str, destination: str, recursive: bool) -> None:
+def copy(session: Session, source: str, destination: str, recursive: bool) -> None:
     src_machine, src_path = _split(source)
     dst_machine, dst_path = _split(destination)
     if (src_machine is None) == (dst_machine is None):
         raise MachineError("scp copies between this host and one machine: one side must be MACHINE:PATH", "Example: `pymachine scp ./app.tar dev:/tmp/`")
     name = src_machine or dst_machine
     assert name is not None
-    _require_running(machines, name)
-    with machines.ssh(name) as ssh:
+    machine = session.machine(name)
+    _require_running(machine)
+    with machine.ssh() as ssh:
         sftp = ssh.sftp()
         try:
             if dst_machine:

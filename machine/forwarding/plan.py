@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .driver import PortForward
+from pymachine.driver import PortForward
 
 LOOPBACK_GUEST = ("127.0.0.1", "::1")
 ANY_GUEST = ("0.0.0.0", "::")

@@ -14,25 +14,26 @@ never run), watcher.log, and forwards.json (what `pymachine ports` shows).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
-import signal
-import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .driver import Driver, PortForward, State
-from .errors import MachineError, PortUnavailable
-from .forwards import WantedForward, plan, wanted_from_inspect
-from .procs import read_pidfile, running_from
-from .store import atomic_write
-from .watcherproc import LOCKFILE, MARKER, PIDFILE, STATE_FILE
+from pymachine.driver import Driver, Feature, PortForward, State
+from pymachine.errors import MachineError, PortUnavailable
+from pymachine.forwarding.plan import WantedForward, plan, wanted_from_inspect
+from pymachine.forwarding.process import MARKER, PIDFILE, STATE_FILE
+from pymachine.guest.certs import CertPaths
+from pymachine.guest.dockerapi import DockerAPI
+from pymachine.guest.ssh import GuestSSH
+from pymachine.procs import running_from
+from pymachine.store import Store, atomic_write
 
 log = logging.getLogger("pymachine.watcher")
 
@@ -51,25 +52,30 @@ class Record:
     reason: str = ""
 
 
-class _Stop(Exception):
-    """SIGTERM: leave the event loop."""
+class Stop(Exception):
+    """Raised from a signal handler to leave the event loop."""
 
 
 class ForwardWatcher:
-    """Keeps one machine's forwards equal to its containers' published ports."""
+    """Keeps one machine's forwards equal to its containers' published ports.
 
-    def __init__(self, machines: Any, name: str) -> None:
-        from .dockerapi import DockerAPI
+    It is handed what it works with: the machine's driver (with a control channel of its
+    own), where a bare `-p` binds on the host, a way into the guest over SSH (for the
+    guest-side loopback rules), and the store (to see which host ports other machines'
+    watchers hold).
+    """
 
-        self.machines = machines
+    def __init__(self, name: str, directory: Path, driver: Driver, forward_bind: str, ssh: Callable[[], GuestSSH], store: Store) -> None:
         self.name = name
-        self.config = machines.load(name)
-        self.directory = machines.directory(name)
-        self.driver: Driver = machines.driver(self.config, role="watcher")
+        self.directory = directory
+        self.driver = driver
+        self.forward_bind = forward_bind
+        self.open_ssh = ssh
+        self.store = store
         endpoint = self.driver.docker_endpoint()
-        certs = self.directory
-        self.api = DockerAPI(endpoint.host, endpoint.port, _certs(certs), timeout=10)
-        self.inspect_api = DockerAPI(endpoint.host, endpoint.port, _certs(certs), timeout=10)
+        certs = CertPaths(directory)
+        self.api = DockerAPI(endpoint.host, endpoint.port, certs, timeout=10)
+        self.inspect_api = DockerAPI(endpoint.host, endpoint.port, certs, timeout=10)
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="inspect")
         self.records: dict[tuple[str, int], Record] = {}
         self.pending: dict[str, Future[list[WantedForward]]] = {}
@@ -92,7 +98,7 @@ class ForwardWatcher:
                 for event in stream:
                     self.handle(event)
                 self._health("reconnecting", last_error="the Docker daemon closed the event stream")
-            except _Stop:
+            except Stop:
                 raise
             except Exception as exc:  # noqa: BLE001 - the watcher must outlive any one failure
                 if self._machine_gone():
@@ -160,7 +166,7 @@ class ForwardWatcher:
         data = self.inspect_api.inspect(container)
         if data is None:
             return [], True
-        wanted = wanted_from_inspect(data, self.config.forward_bind)
+        wanted = wanted_from_inspect(data, self.forward_bind)
         host = data.get("HostConfig") or {}
         running = (data.get("State") or {}).get("Running", False)
         random_ports = host.get("PublishAllPorts") or any(
@@ -176,7 +182,7 @@ class ForwardWatcher:
         for summary in self.api.containers():
             data = self.api.inspect(summary["Id"])
             if data and (data.get("State") or {}).get("Running"):
-                wanted.extend(wanted_from_inspect(data, self.config.forward_bind))
+                wanted.extend(wanted_from_inspect(data, self.forward_bind))
         actual = self.driver.list_forwards()
         changes = plan(wanted, actual)
         with self.lock:
@@ -216,7 +222,12 @@ class ForwardWatcher:
             if other.state == "active":
                 self.records[key] = Record(item, "failed", f"host port already forwarded for container {other.wanted.container_name}")
                 return
-        owner = _other_machine_with(self.machines, self.name, key)
+        refused = self._refused(item.forward)
+        if refused:
+            self.records[key] = Record(item, "failed", refused)
+            log.warning("forward %s for %s refused: %s", item.forward, item.container_name, refused)
+            return
+        owner = _other_machine_with(self.store, self.name, key)
         if owner:
             self.records[key] = Record(item, "failed", f"host port {item.forward.host_port} is forwarded by machine '{owner}'")
             log.warning("forward %s for %s: taken by machine %s", item.forward, item.container_name, owner)
@@ -234,6 +245,14 @@ class ForwardWatcher:
             return
         self.records[key] = Record(item, "active")
         log.info("forward %s for %s added", item.forward, item.container_name)
+
+    def _refused(self, forward: PortForward) -> str:
+        """Why this driver cannot make the forward at all ("" when it can)."""
+        if forward.protocol == "udp" and not self.driver.supports(Feature.UDP_FORWARDS):
+            return f"the {self.driver.name} driver cannot forward UDP"
+        if forward.host_ip == "0.0.0.0" and not self.driver.supports(Feature.ANY_HOST_ADDRESS):
+            return f"the {self.driver.name} driver forwards on 127.0.0.1 only, not on every interface"
+        return ""
 
     def _remove_container(self, container: str) -> None:
         changed = False
@@ -274,7 +293,7 @@ class ForwardWatcher:
         )
         try:
             if self._ssh is None:
-                self._ssh = self.machines.home.ssh(self.machines.ssh_target(self.config, self.driver))
+                self._ssh = self.open_ssh()
             self._ssh.run(script, timeout=30)
             self.loopback = wanted
         except MachineError as exc:
@@ -307,12 +326,6 @@ class ForwardWatcher:
         atomic_write(self.directory / STATE_FILE, json.dumps(data, indent=2, sort_keys=True), mode=0o644)
 
 
-def _certs(directory: Path) -> Any:
-    from .certs import CertPaths
-
-    return CertPaths(directory)
-
-
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
@@ -335,64 +348,18 @@ def _busy_reason(forward: PortForward, detail: str) -> str:
     return f"host port {forward.host_ip}:{forward.host_port}/{forward.protocol} is in use on this host"
 
 
-def _other_machine_with(machines: Any, me: str, key: tuple[str, int]) -> str | None:
+def _other_machine_with(store: Store, me: str, key: tuple[str, int]) -> str | None:
     """Another machine whose watcher holds this host port as an active forward."""
-    for name in machines.store.names():
+    for name in store.names():
         if name == me:
             continue
+        directory = store.machine_dir(name)
         try:
-            data = json.loads((machines.directory(name) / STATE_FILE).read_text())
+            data = json.loads((directory / STATE_FILE).read_text())
         except (OSError, ValueError):
             continue
         for item in data.get("forwards", []):
             if item.get("state") == "active" and (item.get("protocol"), item.get("host_port")) == key:
-                if running_from(machines.directory(name) / PIDFILE, MARKER) is not None:
+                if running_from(directory / PIDFILE, MARKER) is not None:
                     return name
     return None
-
-
-def main(argv: list[str]) -> int:
-    from .home import Home
-    from .machines import Machines
-
-    if len(argv) != 3 or argv[0] != "--storage-path":
-        print("usage: python -m machine.watcher --storage-path DIR NAME", file=sys.stderr)
-        return 2
-    root, name = Path(argv[1]), argv[2]
-    home = Home(root)
-    directory = home.store.machine_dir(name)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
-    logging.getLogger("paramiko").setLevel(logging.WARNING)
-    lock_handle = open(directory / LOCKFILE, "a")
-    try:
-        fcntl.flock(lock_handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return 0  # another watcher runs for this machine
-    atomic_write(directory / PIDFILE, f"{os.getpid()}\n", mode=0o644)
-
-    def stop(signum: int, frame: Any) -> None:
-        raise _Stop()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    log.info("watcher for %s started (pid %d)", name, os.getpid())
-    watcher = None
-    try:
-        watcher = ForwardWatcher(Machines(home), name)
-        watcher.run()
-    except _Stop:
-        log.info("watcher for %s stopped", name)
-    except MachineError as exc:
-        log.error("watcher for %s cannot run: %s", name, exc)
-        return 1
-    finally:
-        if watcher is not None:
-            watcher.close()
-        if read_pidfile(directory / PIDFILE) == os.getpid():
-            (directory / PIDFILE).unlink(missing_ok=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -10,14 +10,16 @@ Private keys are written 0600.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
-from .errors import MachineError
+from pymachine.errors import MachineError, StoreError
+from pymachine.locking import FileLock, LockBusy
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -25,8 +27,10 @@ if TYPE_CHECKING:
 
 # cryptography is imported where keys and certificates are made or read, never at
 # import time: most commands (ls, env, status) only need the paths below.
-from .store import atomic_write
+from pymachine.store import atomic_write
 
+#: Seconds a command waits for another one that is making the CA.
+LOCK_TIMEOUT = 30.0
 CA_DAYS = 3650
 LEAF_DAYS = 1095
 #: Leaf certificates this close to expiry are renewed by `provision` and `regenerate-certs`.
@@ -118,21 +122,40 @@ class CertificateAuthority:
     def __init__(self, directory: Path) -> None:
         self.paths = CertPaths(Path(directory))
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The CA's own lock: two first `create`s at once must not make two CAs."""
+        self.paths.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock = FileLock(self.paths.directory / ".lock")
+        try:
+            lock.acquire(LOCK_TIMEOUT)
+        except LockBusy:
+            raise StoreError(f"The certificate authority in {self.paths.directory} is busy with another pymachine command", "Wait for it to finish, then try again") from None
+        try:
+            yield
+        finally:
+            lock.release()
+
     def ensure(self) -> None:
         """Make the CA and the client certificate if missing; renew the client one if expiring."""
-        self.paths.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not (self.paths.ca.exists() and self.paths.ca_key.exists()):
-            self._make_ca()
-            self._make_client()
-        elif not (self.paths.cert.exists() and self.paths.key.exists()) or _expires_soon(_load_cert(self.paths.cert)):
-            self._make_client()
+        if self._complete() and not _expires_soon(_load_cert(self.paths.cert)):
+            return  # the common case, without the lock
+        with self._locked():
+            if not (self.paths.ca.exists() and self.paths.ca_key.exists()):
+                self._make_ca()
+                self._make_client()
+            elif not self._complete() or _expires_soon(_load_cert(self.paths.cert)):
+                self._make_client()
+
+    def _complete(self) -> bool:
+        return all(p.exists() for p in (self.paths.ca, self.paths.ca_key, self.paths.cert, self.paths.key))
 
     def regenerate(self, include_ca: bool = False) -> None:
         """Make new client credentials (and a new CA when asked)."""
-        self.paths.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if include_ca or not self.paths.ca.exists():
-            self._make_ca()
-        self._make_client()
+        with self._locked():
+            if include_ca or not self.paths.ca.exists():
+                self._make_ca()
+            self._make_client()
 
     def _make_ca(self) -> None:
         from cryptography import x509

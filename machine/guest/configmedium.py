@@ -8,27 +8,34 @@ hypervisor can attach an ISO as a CD or disk; the guest finds it by its volume i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
-from .iso9660 import IsoWriter
-from .store import atomic_write
+from pymachine.driver import Mount, share_tag
+from pymachine.guest.iso9660 import IsoWriter
+from pymachine.store import atomic_write
 
 VOLUME_ID = "PMCONFIG"
 #: busybox findfs ignores devices smaller than 64 KiB; 1 MiB also suits every hypervisor.
 SIZE = 1 << 20
 
 
-def config_medium(hostname: str, authorized_key: str, host_key_pem: bytes, mounts: str = "") -> bytes:
-    """The ISO bytes for one machine; `mounts` is the text of the `mounts` file."""
+def mount_lines(mounts: Sequence[Mount]) -> str:
+    """The `mounts` file: `TAG rw|ro GUEST-PATH` per line (the path last, so it may hold spaces)."""
+    return "".join(f"{share_tag(i)} {'rw' if m.writable else 'ro'} {m.guest}\n" for i, m in enumerate(mounts))
+
+
+def config_medium(hostname: str, authorized_key: str, host_key_pem: bytes, mounts: Sequence[Mount] = ()) -> bytes:
+    """The ISO bytes for one machine."""
     writer = IsoWriter(VOLUME_ID)
     writer.add_file("hostname", hostname.encode() + b"\n")
     writer.add_file("authorized_keys", authorized_key.strip().encode() + b"\n")
     writer.add_file("ssh_host_ed25519_key", host_key_pem)
     if mounts:
-        writer.add_file("mounts", mounts.encode())
+        writer.add_file("mounts", mount_lines(mounts).encode())
     return writer.write(min_size=SIZE)
 
 
-def write_config_medium(path: Path, hostname: str, authorized_key: str, host_key_pem: bytes, mounts: str = "") -> None:
+def write_config_medium(path: Path, hostname: str, authorized_key: str, host_key_pem: bytes, mounts: Sequence[Mount] = ()) -> None:
     # It holds a private key: readable by the owner alone.
     atomic_write(path, config_medium(hostname, authorized_key, host_key_pem, mounts), mode=0o600)

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .certs import CertPaths
-from .errors import ProvisionError
+from pymachine.errors import ProvisionError
+from pymachine.guest.certs import CertPaths
 
 #: The daemon in the boot image is 20.10 (API 1.41); newer calls are not needed.
 API_VERSION = "1.41"

@@ -6,7 +6,7 @@
     3. write the certificates, daemon.json and dockerd's extra flags
     4. (re)start dockerd under the guest's supervisor (it restarts dockerd if it dies)
     5. wait until /_ping answers over TLS from the host
-The docker context is the caller's (machine.machines) last step.
+The docker context is the caller's (pymachine.machine) last step.
 """
 
 from __future__ import annotations
@@ -19,14 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .certs import CertificateAuthority, CertPaths, server_needs_renewal
-from .dockerapi import DockerAPI
-from .driver import Driver
-from .errors import ProvisionError, SSHError
-from .image import BootImage
-from .progress import Progress
-from .ssh import GuestSSH
-from .store import MachineConfig
+from pymachine.driver import Driver
+from pymachine.errors import SSHError
+from pymachine.guest.certs import CertificateAuthority, CertPaths, server_needs_renewal
+from pymachine.guest.dockerapi import DockerAPI
+from pymachine.guest.ssh import GuestSSH
+from pymachine.progress import Progress
+from pymachine.store import MachineConfig
 
 GUEST_STATE = "/var/lib/pymachine"
 TLS_DIR = f"{GUEST_STATE}/tls"
@@ -39,6 +38,15 @@ READY_LINE = b"pymachine: ready"
 #: How long a console without that line holds back the first SSH attempt.
 CONSOLE_READY_WAIT = 30.0
 DOCKER_TIMEOUT = 90.0
+
+
+@dataclass(frozen=True)
+class EngineBundle:
+    """The Docker engine as the guest installs it: one zstd tarball and its sha256."""
+
+    path: Path
+    sha256: str
+    version: str
 
 
 @dataclass(frozen=True)
@@ -154,19 +162,17 @@ class Provisioner:
             config_sums=sums,
         )
 
-    def install_engine(self, image: BootImage, facts: GuestFacts, force: bool = False) -> bool:
+    def install_engine(self, engine: EngineBundle, facts: GuestFacts, force: bool = False) -> bool:
         """Upload and unpack the bundle unless the guest has this very one; True if installed."""
-        if image.engine_bundle is None:
-            raise ProvisionError("The boot image has no engine bundle", "Run `pymachine image build`")
-        if not force and facts.engine_sha256 == image.engine_sha256:
+        if not force and facts.engine_sha256 == engine.sha256:
             return False
         remote = f"{GUEST_STATE}/engine-upload.tar.zst"
-        size = image.engine_bundle.stat().st_size
-        with self.progress.step(f"Uploading Docker engine {image.engine_version} ({size / 1e6:.0f} MB)"):
+        size = engine.path.stat().st_size
+        with self.progress.step(f"Uploading Docker engine {engine.version} ({size / 1e6:.0f} MB)"):
             report = self.progress.transfer("Uploading the engine bundle", size)
-            self.ssh.put(image.engine_bundle, remote, progress=report)
+            self.ssh.put(engine.path, remote, progress=report)
         with self.progress.step("Installing the engine"):
-            self.ssh.run(f"{ENGINE} install {remote} {shlex.quote(image.engine_sha256)}", timeout=300)
+            self.ssh.run(f"{ENGINE} install {remote} {shlex.quote(engine.sha256)}", timeout=300)
         return True
 
     def configure(self, facts: GuestFacts, driver_name: str, regenerate: bool = False) -> bool:
@@ -213,13 +219,14 @@ class Provisioner:
             return ""
         return f"\n--- last lines of the guest's /var/log/docker.log ---\n{out}\n---" if out else ""
 
-    def run(self, image: BootImage | None, driver_name: str, *, reinstall: bool = False, regenerate: bool = False) -> GuestFacts:
-        """All steps, from a booted VM to a daemon answering over TLS."""
+    def run(self, engine: EngineBundle | None, driver_name: str, *, reinstall: bool = False, regenerate: bool = False) -> GuestFacts:
+        """All steps, from a booted VM to a daemon answering over TLS; `engine` None keeps
+        the guest's installed engine."""
         self.wait_for_ssh()
         facts = self.facts()
         installed = False
-        if image is not None:
-            installed = self.install_engine(image, facts, force=reinstall)
+        if engine is not None:
+            installed = self.install_engine(engine, facts, force=reinstall)
         changed = self.configure(facts, driver_name, regenerate=regenerate)
         self.start_engine(restart=facts.engine_running and (installed or changed))
         self.wait_for_docker()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import SSHError, SSHTimeout
+from pymachine.errors import SSHError, SSHTimeout
 
 log = logging.getLogger(__name__)
 # paramiko logs every refused early connection at ERROR with a traceback; those belong

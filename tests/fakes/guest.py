@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from machine.errors import SSHError
-from machine.provision import CONFIG_FILES, ENGINE, GUEST_STATE, TLS_DIR
-from machine.ssh import Result, SSHTarget
+from pymachine.errors import SSHError
+from pymachine.guest.provision import CONFIG_FILES, ENGINE, GUEST_STATE, TLS_DIR
+from pymachine.guest.ssh import Result, SSHTarget
 
 #: (vm name, protocol, host port, guest port) -> does a running VM carry that forward?
 ForwardCheck = Callable[[str, str, int, int], bool]

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from virtualbox import library
-from virtualbox.library_ext import IVirtualBox, ISession
+from virtualbox.library_ext import ISession, IVirtualBox
 
 from .vbox_model import (
     E_INVALIDARG,

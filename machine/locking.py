@@ -1,0 +1,66 @@
+"""The one lock pymachine uses: an exclusive flock on a file, with a deadline.
+
+A machine's changing commands hold `machines/NAME/.lock`, the CA is made under
+`certs/.lock`, and a forward watcher holds `watcher.lock` for as long as it runs. flock
+locks belong to an open file, so the lock goes with the process that held it, however
+that process ends: a kill -9 never leaves a machine locked.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from pathlib import Path
+
+
+class LockBusy(Exception):
+    """The lock is held by someone else and the deadline passed."""
+
+
+class FileLock:
+    """An exclusive lock on `path`, taken with `acquire` (or `with`) and given back with `release`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self, timeout: float = 10.0, poll: float = 0.05) -> None:
+        """Take the lock, waiting up to `timeout` seconds (0: do not wait).
+
+        Raises LockBusy when another holder keeps it, FileNotFoundError when the
+        lock file's folder does not exist.
+        """
+        if self._fd is not None:
+            raise RuntimeError(f"{self.path} is already held by this object")
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise LockBusy(str(self.path)) from None
+                time.sleep(poll)
+            except BaseException:
+                os.close(fd)
+                raise
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)  # closing the only descriptor drops the flock
+
+    def __enter__(self) -> FileLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
