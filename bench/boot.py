@@ -22,7 +22,7 @@ from pymachine.drivers.qemu import QemuDriver, QemuOptions, detect_accelerator  
 from pymachine.guest.certs import SSHKeyPair  # noqa: E402
 from pymachine.guest.provision import console_ready  # noqa: E402
 from pymachine.guest.ssh import GuestSSH, SSHTarget  # noqa: E402
-from pymachine.image import MANIFEST_NAME, BootImage  # noqa: E402
+from pymachine.image import BootImage, manifest_name  # noqa: E402
 from pymachine.runner import Runner  # noqa: E402
 from tests.contract import make_spec  # noqa: E402
 
@@ -50,7 +50,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    image = BootImage.from_manifest(CACHE / MANIFEST_NAME)
+    image = BootImage.from_manifest(CACHE / manifest_name())
     result: dict = {"accelerator": detect_accelerator(Runner()).name, "iso_MB": round(image.iso.stat().st_size / 1e6, 1)}
     if image.engine_bundle:
         result["engine_bundle_MB"] = round(image.engine_bundle.stat().st_size / 1e6, 1)

@@ -23,9 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pymachine.arch import ARCHES, host_arch
 from pymachine.driver import (
+    EMULATED,
     GUEST_DOCKER_PORT,
     GUEST_SSH_PORT,
+    NATIVE,
     Driver,
     DriverOptions,
     Feature,
@@ -188,7 +191,13 @@ class QemuDriver(Driver):
         return HostReport(True, version, accel.name, accel.reason)
 
     @classmethod
-    def hardware_accelerated(cls, runner: Runner, options: DriverOptions) -> bool:
+    def guest_arches(cls, runner: Runner, options: DriverOptions) -> dict[str, str]:
+        """Either architecture: the host's natively, the other one emulated (TCG)."""
+        host = host_arch()
+        return {arch: NATIVE if arch == host else EMULATED for arch in ARCHES}
+
+    @classmethod
+    def hardware_accelerated(cls, runner: Runner, options: DriverOptions, arch: str = "") -> bool:
         assert isinstance(options, QemuOptions)
         return detect_accelerator(runner, options.accel).name != "tcg"
 

@@ -28,7 +28,7 @@ from pymachine import __version__
 from pymachine.errors import CommandFailed, DriverNotAvailable, ImageError
 from pymachine.guest import iso9660
 from pymachine.guest.iso9660 import IsoWriter
-from pymachine.image import MANIFEST_NAME, sha256_file
+from pymachine.image import manifest_name, sha256_file
 from pymachine.progress import Progress
 from pymachine.runner import Runner
 from pymachine.store import atomic_write
@@ -122,7 +122,7 @@ def artifact_names(version: str = __version__) -> dict[str, str]:
         "kernel": f"{base}.vmlinuz",
         "vmlinux": f"{base}.vmlinux",
         "initrd": f"{base}.initrd",
-        "manifest": MANIFEST_NAME if version == __version__ else f"{base}.manifest.json",
+        "manifest": manifest_name() if version == __version__ else f"{base}.manifest.json",
     }
 
 

@@ -32,6 +32,9 @@ GUEST_SSH_PORT = 22
 GUEST_DOCKER_PORT = 2376
 #: Where every driver forwards the guest's SSH and Docker ports on the host.
 LOOPBACK = "127.0.0.1"
+#: How a driver runs a guest architecture (Driver.guest_arches).
+NATIVE = "native"
+EMULATED = "emulated"
 
 
 class State(str, enum.Enum):
@@ -175,6 +178,8 @@ class MachineSpec:
     docker_port: int
     #: host folders the guest mounts, in the order of their names (share_tag)
     mounts: tuple[Mount, ...] = ()
+    #: the guest's architecture (pymachine.arch: amd64 or arm64)
+    arch: str = "amd64"
 
     @property
     def data_disk_stem(self) -> Path:
@@ -309,8 +314,17 @@ class Driver(abc.ABC):
         """Installed or not, its version, and whether hardware acceleration is usable."""
 
     @classmethod
-    def hardware_accelerated(cls, runner: Runner, options: DriverOptions) -> bool:
-        """True if its VMs use hardware virtualization (and so may clash with other hypervisors)."""
+    def guest_arches(cls, runner: Runner, options: DriverOptions) -> dict[str, str]:
+        """The guest architectures this driver runs on this host: arch -> "native" or
+        "emulated". Most hypervisors run only the host's own."""
+        from pymachine.arch import host_arch
+
+        return {host_arch(): NATIVE}
+
+    @classmethod
+    def hardware_accelerated(cls, runner: Runner, options: DriverOptions, arch: str = "") -> bool:
+        """True if its VMs (of `arch`; "" is the host's) use hardware virtualization, and so
+        may clash with other hypervisors."""
         return True
 
     def details(self) -> dict[str, Any]:

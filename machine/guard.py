@@ -169,7 +169,7 @@ class HypervisorGuard:
             yield int(entry.name), name, argv
 
 
-def check_before_start(runner: Runner, driver: type[Driver], options: DriverOptions, force: bool, progress: Progress | None = None) -> None:
+def check_before_start(runner: Runner, driver: type[Driver], options: DriverOptions, force: bool, progress: Progress | None = None, arch: str = "") -> None:
     """Refuse to start a VM of `driver` beside another hypervisor's VMs (unless `force`)."""
-    accelerated = driver.hardware_accelerated(runner, options)
+    accelerated = driver.hardware_accelerated(runner, options, arch)
     HypervisorGuard(runner).check(driver.name, force=force, accelerated=accelerated, progress=progress)

@@ -18,15 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from pymachine import __version__
+from pymachine.arch import AMD64
 from pymachine.errors import ImageError
 from pymachine.guest.iso9660 import SECTOR, volume_id
 from pymachine.guest.provision import EngineBundle
 from pymachine.store import MachineConfig
 
-ARCH = "amd64"
 BOOT_VOLUME_ID = "PYMACHINE"
-MANIFEST_NAME = f"pymachine-{__version__}-{ARCH}.manifest.json"
 BUILD_HINT = "Build it with `pymachine image build` (on Debian 12), or pass `--iso URL` of a released image"
+
+
+def manifest_name(arch: str = AMD64, version: str = __version__) -> str:
+    """The manifest a build of `arch` leaves in the cache, beside its files."""
+    return f"pymachine-{version}-{arch}.manifest.json"
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class BootImage:
 
     iso: Path
     version: str
+    arch: str = AMD64
     kernel: Path | None = None
     initrd: Path | None = None
     pvh_kernel: Path | None = None
@@ -75,6 +80,7 @@ class BootImage:
         return cls(
             iso=iso,
             version=manifest.get("version", ""),
+            arch=manifest.get("arch", AMD64),
             kernel=path("kernel"),
             initrd=path("initrd"),
             pvh_kernel=path("vmlinux"),
@@ -85,13 +91,19 @@ class BootImage:
         )
 
     @classmethod
-    def locate(cls, cache: Path, iso: str | None = None, download_progress: Callable[[str, int], Callable[[int, int], None]] | None = None) -> BootImage:
-        """The image to boot: the cache's build, or `iso` (a path or URL) with the cache's bundle."""
-        manifest = Path(cache) / MANIFEST_NAME
+    def locate(
+        cls,
+        cache: Path,
+        iso: str | None = None,
+        download_progress: Callable[[str, int], Callable[[int, int], None]] | None = None,
+        arch: str = AMD64,
+    ) -> BootImage:
+        """The `arch` image to boot: the cache's build, or `iso` (a path or URL) with the cache's bundle."""
+        manifest = Path(cache) / manifest_name(arch)
         if iso is None:
             return cls.from_manifest(manifest)
         if iso.startswith(("http://", "https://")):
-            return cls.from_release(iso, Path(cache), download_progress)
+            return cls.from_release(iso, Path(cache), download_progress, arch)
         iso_path = Path(iso).expanduser().resolve()
         if not iso_path.is_file():
             raise ImageError(f"No ISO at {iso_path}", "Check the path given to --iso")
@@ -113,6 +125,7 @@ class BootImage:
         return cls(
             iso=iso_path,
             version=built.version if same else "custom",
+            arch=built.arch,
             kernel=built.kernel if same else None,
             initrd=built.initrd if same else None,
             pvh_kernel=built.pvh_kernel if same else None,
@@ -123,17 +136,17 @@ class BootImage:
         )
 
     @classmethod
-    def from_release(cls, url: str, cache: Path, progress: Callable[[str, int], Callable[[int, int], None]] | None = None) -> BootImage:
+    def from_release(cls, url: str, cache: Path, progress: Callable[[str, int], Callable[[int, int], None]] | None = None, arch: str = AMD64) -> BootImage:
         """A published release: the ISO at `url`, with the manifest and the other files
         beside it, each downloaded into the cache once and checked against the manifest."""
         base, name = url.rsplit("/", 1)
         cache.mkdir(parents=True, exist_ok=True)
-        manifest_path = cache / MANIFEST_NAME
-        _download(f"{base}/{MANIFEST_NAME}", manifest_path, None, progress, replace=True)
+        manifest_path = cache / manifest_name(arch)
+        _download(f"{base}/{manifest_name(arch)}", manifest_path, None, progress, replace=True)
         try:
             artifacts = json.loads(manifest_path.read_text())["artifacts"]
         except (ValueError, KeyError):
-            raise ImageError(f"{base}/{MANIFEST_NAME} is not a pymachine image manifest", "Check the URL given to --iso") from None
+            raise ImageError(f"{base}/{manifest_name(arch)} is not a pymachine image manifest", "Check the URL given to --iso") from None
         if artifacts.get("iso", {}).get("file") != name:
             raise ImageError(
                 f"{url} is not the ISO its release manifest names ({artifacts.get('iso', {}).get('file')})",
@@ -171,6 +184,7 @@ class BootImage:
         return BootImage(
             iso=keep(self.iso, "boot.iso") or self.iso,
             version=self.version,
+            arch=self.arch,
             kernel=keep(self.kernel, "vmlinuz") if kernel else None,
             initrd=keep(self.initrd, "initrd") if kernel else None,
             pvh_kernel=keep(self.pvh_kernel, "vmlinux") if kernel else None,
@@ -240,7 +254,7 @@ def engine_for(config: MachineConfig, cache: Path) -> EngineBundle:
     """The engine a machine installs: the bundle it was made with, while the cache keeps
     it, else the cache's current one (an image rebuild replaces the bundle)."""
     try:
-        current: BootImage | None = BootImage.locate(cache)
+        current: BootImage | None = BootImage.locate(cache, arch=config.arch)
     except ImageError:
         current = None
     bundle = Path(config.engine_bundle) if config.engine_bundle else None

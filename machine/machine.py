@@ -133,6 +133,7 @@ class Machine:
             ssh_port=config.ssh_port,
             docker_port=config.docker_port,
             mounts=tuple(Mount.from_dict(m) for m in config.mounts),
+            arch=config.arch,
         )
 
     def driver(self, role: str = "cli") -> Driver:
@@ -410,8 +411,8 @@ class Machine:
 
     def upgrade(self) -> None:
         """Move the machine to the current boot image and engine bundle, restarting it."""
-        image = BootImage.locate(self.home.cache)
         with self.changing():
+            image = BootImage.locate(self.home.cache, arch=self.config.arch)
             driver = self.driver()
             if driver.state() == State.RUNNING:
                 with self.home.progress.step(f"Stopping machine '{self.name}'"):
@@ -437,7 +438,7 @@ class Machine:
         from pymachine.guard import check_before_start
 
         driver = self.driver()
-        check_before_start(self.home.runner, type(driver), driver.options, force, self.home.progress)
+        check_before_start(self.home.runner, type(driver), driver.options, force, self.home.progress, self.config.arch)
 
     def after_ready(self) -> None:
         """Start the machine's forward watcher, where its driver can forward at run time."""

@@ -15,9 +15,10 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
+from pymachine.arch import ARCHES, host_arch, normalize
 from pymachine.dockercontext import active_machine
-from pymachine.driver import Feature, State, load_driver
-from pymachine.errors import MachineError, MachineExists, MachineNotFound
+from pymachine.driver import EMULATED, Feature, State, load_driver
+from pymachine.errors import ImageError, MachineError, MachineExists, MachineNotFound
 from pymachine.guard import check_before_start
 from pymachine.home import Home
 from pymachine.image import BootImage
@@ -47,6 +48,8 @@ class CreateOptions:
     #: `--mount` values; None shares the home folder where the driver can, [] shares nothing
     mounts: list[str] | None = None
     force: bool = False
+    #: the guest's architecture; None is the host's own
+    arch: str | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class MachineInfo:
     name: str
     active: bool
     driver: str
+    arch: str
     state: str
     url: str
     docker: str
@@ -66,6 +70,7 @@ class MachineInfo:
             "Name": self.name,
             "Active": self.active,
             "Driver": self.driver,
+            "Arch": self.arch,
             "State": self.state,
             "URL": self.url,
             "Docker": self.docker,
@@ -109,14 +114,18 @@ class Machines:
         mounts = resolve_mounts(options.mounts, cls.supports(Feature.SHARED_FOLDERS), options.driver)
         with self.progress.step(f"Checking the {options.driver} driver"):
             cls.precheck(self.home.runner, driver_options)
+        arch = self._guest_arch(cls, driver_options, options.arch)
         # Before anything is made: a refusal must leave nothing to clean up.
-        check_before_start(self.home.runner, cls, driver_options, options.force, self.progress)
-        image = BootImage.locate(self.home.cache, options.iso, download_progress=self.progress.transfer)
+        check_before_start(self.home.runner, cls, driver_options, options.force, self.progress, arch)
+        image = BootImage.locate(self.home.cache, options.iso, download_progress=self.progress.transfer, arch=arch)
+        if image.arch != arch:
+            raise ImageError(f"{image.iso} is an {image.arch} boot image, and this machine's guest is {arch}", f"Pass an {arch} image to --iso, or `--arch {image.arch}`")
 
         config = MachineConfig(
             name=name,
             driver=options.driver,
             driver_options=driver_options.to_dict(),
+            arch=arch,
             cpus=options.cpus,
             memory_mb=options.memory_mb,
             disk_mb=options.disk_mb,
@@ -135,6 +144,21 @@ class Machines:
             machine.build(image)
         machine.after_ready()
         return machine
+
+    def _guest_arch(self, cls: Any, driver_options: Any, asked: str | None) -> str:
+        """The guest architecture: the one asked for, else the host's; refused when the
+        driver cannot run it here, and said in one line when it runs emulated."""
+        host = host_arch()
+        arch = normalize(asked) if asked else host
+        if arch not in ARCHES:
+            raise MachineError(f"This host is {host}; pymachine runs {' and '.join(ARCHES)} guests", "Run `pymachine create --arch amd64` or `--arch arm64` with -d qemu, which emulates either")
+        runs = cls.guest_arches(self.home.runner, driver_options)
+        if arch not in runs:
+            can = ", ".join(sorted(runs)) or "none"
+            raise MachineError(f"The {cls.name} driver cannot run {arch} guests on this {host} host (it runs {can} here)", f"Run `pymachine create --arch {host}`, or use -d qemu, which emulates {arch}")
+        if runs[arch] == EMULATED:
+            self.progress.note(f"An {arch} guest on this {host} host runs emulated (QEMU's TCG), about ten times slower than a native one")
+        return arch
 
     # -- all machines -------------------------------------------------------------------
 
@@ -157,7 +181,7 @@ class Machines:
             try:
                 rows[name] = future.result(timeout=max(0.0, deadline - time.monotonic()))
             except FutureTimeout:
-                rows[name] = MachineInfo(name, name == active, "", "Timeout", "", "", f"no answer within {timeout:g}s")
+                rows[name] = MachineInfo(name, name == active, "", "", "Timeout", "", "", f"no answer within {timeout:g}s")
         return [rows[n] for n in names]
 
     def _info(self, name: str, active: str | None) -> MachineInfo:
@@ -165,14 +189,14 @@ class Machines:
         try:
             config = machine.config
         except MachineError as exc:
-            return MachineInfo(name, False, "", State.ERROR.value, "", "", str(exc))
+            return MachineInfo(name, False, "", "", State.ERROR.value, "", "", str(exc))
         try:
             state = machine.status()
         except MachineError as exc:
-            return MachineInfo(name, name == active, config.driver, State.ERROR.value, "", "", str(exc))
+            return MachineInfo(name, name == active, config.driver, config.arch, State.ERROR.value, "", "", str(exc))
         url = config.docker_url if state == State.RUNNING.value else ""
         docker = f"v{config.engine_version}" if config.engine_version else ""
-        return MachineInfo(name, name == active, config.driver, state, url, docker, config.error)
+        return MachineInfo(name, name == active, config.driver, config.arch, state, url, docker, config.error)
 
 
 def _in_thread(fn: Any, *args: Any) -> Future:

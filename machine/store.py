@@ -31,10 +31,17 @@ from pymachine.locking import FileLock, LockBusy
 DEFAULT_ROOT = "~/.pymachine"
 STORAGE_ENV = "PYMACHINE_STORAGE_PATH"
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2
+
+
+def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 records the guest's architecture; every machine before it was amd64."""
+    data.setdefault("arch", "amd64")
+    return data
+
 
 #: Upgrade steps: MIGRATIONS[n] turns a version-n dict into a version n+1 dict.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
 
 # \Z, not $: "$" also matches before a trailing newline, and "dev\n" is no name.
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9.-]{0,62}\Z")
@@ -67,6 +74,8 @@ class MachineConfig:
     name: str
     driver: str
     driver_options: dict[str, Any] = field(default_factory=dict)
+    #: the guest's architecture (Debian's name: amd64, arm64)
+    arch: str = "amd64"
     cpus: int = 2
     memory_mb: int = 2048
     disk_mb: int = 20480
@@ -185,7 +194,7 @@ class Store:
         except FileNotFoundError:
             if self.machine_dir(name).is_dir():
                 # A create interrupted before its first write: show it so `rm` can clean it.
-                return MachineConfig(name=name, driver="", status=STATUS_ERROR, error="incomplete: no config.json")
+                return MachineConfig(name=name, driver="", arch="", status=STATUS_ERROR, error="incomplete: no config.json")
             raise MachineNotFound(name) from None
         try:
             data = json.loads(raw)

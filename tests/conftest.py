@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pymachine.home import Home
-from pymachine.image import MANIFEST_NAME, BootImage
+from pymachine.image import BootImage, manifest_name
 from pymachine.progress import RecordingProgress
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,7 +52,7 @@ def home(tmp_path: Path) -> Home:
 @pytest.fixture(scope="session")
 def boot_image() -> BootImage:
     """The built boot image; live tests fail (not skip) without it, as CI must build it."""
-    manifest = image_cache() / MANIFEST_NAME
+    manifest = image_cache() / manifest_name()
     if not manifest.exists():
         pytest.fail(f"no boot image in {image_cache()}: run `PYMACHINE_CACHE_PATH={image_cache()} pymachine image build`")
     return BootImage.from_manifest(manifest)

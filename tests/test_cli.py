@@ -278,7 +278,7 @@ def test_unexpected_errors_are_one_line_and_logged_with_the_traceback(storage: P
 
 # -- ls ------------------------------------------------------------------------------
 
-HEADER = "NAME   ACTIVE   DRIVER   STATE   URL   DOCKER   ERRORS"
+HEADER = "NAME   ACTIVE   DRIVER   ARCH   STATE   URL   DOCKER   ERRORS"
 
 
 def test_ls_on_an_empty_store(storage: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -302,10 +302,10 @@ def test_ls_table(three_machines: Path, capsys: pytest.CaptureFixture[str]) -> N
     code, out, err = cli(capsys, "ls")
     assert (code, err) == (0, "")
     lines = out.splitlines()
-    assert lines[0].split() == ["NAME", "ACTIVE", "DRIVER", "STATE", "URL", "DOCKER", "ERRORS"]
+    assert lines[0].split() == ["NAME", "ACTIVE", "DRIVER", "ARCH", "STATE", "URL", "DOCKER", "ERRORS"]
     rows = {line.split()[0]: line for line in lines[1:]}
     assert sorted(rows) == ["dev", "future", "half"]
-    assert rows["dev"].split() == ["dev", "-", "qemu", "Stopped", "v20.10.24"]
+    assert rows["dev"].split() == ["dev", "-", "qemu", "amd64", "Stopped", "v20.10.24"]
     assert rows["half"].split()[:3] == ["half", "-", "Error"]
     assert rows["half"].endswith("incomplete: no config.json")
     assert "newer pymachine" in rows["future"]
@@ -320,7 +320,7 @@ def test_ls_quiet_json_and_template(three_machines: Path, capsys: pytest.Capture
     assert code == 0
     rows = json.loads(out)
     assert [r["Name"] for r in rows] == ["dev", "future", "half"]
-    assert rows[0] == {"Name": "dev", "Active": False, "Driver": "qemu", "State": "Stopped", "URL": "", "Docker": "v20.10.24", "Error": ""}
+    assert rows[0] == {"Name": "dev", "Active": False, "Driver": "qemu", "Arch": "amd64", "State": "Stopped", "URL": "", "Docker": "v20.10.24", "Error": ""}
     assert rows[2]["State"] == "Error" and rows[2]["Error"] == "incomplete: no config.json"
     code, out, _ = cli(capsys, "ls", "--format", "{{.Name}}\\t{{.State}} {{json .Active}} {{ .Driver }}")
     assert code == 0
@@ -381,7 +381,7 @@ def test_ls_bad_filter_and_bad_template_field(three_machines: Path, capsys: pyte
     line = assert_one_line_error(*cli(capsys, "ls", "--filter", "colour=red"))
     assert line == "Error: Unknown filter 'colour' (use name=, driver= or state=). Run `pymachine ls --help`"
     line = assert_one_line_error(*cli(capsys, "ls", "--format", "{{.Colour}}"))
-    assert line.startswith("Error: Unknown field 'Colour' in --format. Fields: Active, Docker, Driver, Error, Name, State, URL")
+    assert line.startswith("Error: Unknown field 'Colour' in --format. Fields: Active, Arch, Docker, Driver, Error, Name, State, URL")
 
 
 def test_queries_of_a_stopped_machine(three_machines: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from pymachine.errors import HypervisorConflict
+from pymachine.arch import host_arch
+from pymachine.errors import HypervisorConflict, MachineError
 from pymachine.guest.certs import CertPaths
 from pymachine.guest.dockerapi import DockerAPI
 from pymachine.guest.provision import CONFIG_FILES, ENGINE
 from pymachine.home import Home
-from pymachine.image import MANIFEST_NAME
+from pymachine.image import manifest_name
 from pymachine.machines import CreateOptions, Machines
 from pymachine.procs import alive
 from pymachine.progress import RecordingProgress
@@ -49,7 +50,7 @@ def image_cache(folder: Path) -> Path:
             "engine": {"file": bundle.name, "sha256": hashlib.sha256(bundle.read_bytes()).hexdigest(), "version": "20.10.24"},
         },
     }
-    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    (folder / manifest_name()).write_text(json.dumps(manifest))
     return folder
 
 
@@ -163,3 +164,17 @@ def test_create_refuses_to_start_beside_another_hypervisor(world: tuple[Machines
     assert not any(call[1] == "createvm" for call in fake.calls())
     assert not machines.store.exists("dev"), "a refused create leaves nothing to clean up"
 
+
+
+def test_create_refuses_an_architecture_the_driver_cannot_run_here(world: tuple[Machines, FakeVirtualBox, GuestFarm]) -> None:
+    machines, fake, _ = world
+    other = "arm64" if host_arch() == "amd64" else "amd64"
+    options = CreateOptions(driver="virtualbox", cpus=1, memory_mb=512, disk_mb=2048, driver_options={"backend": "vboxmanage"}, arch=other)
+    with pytest.raises(MachineError) as caught:
+        machines.create("dev", options)
+    assert str(caught.value) == (
+        f"The virtualbox driver cannot run {other} guests on this {host_arch()} host (it runs {host_arch()} here). "
+        f"Run `pymachine create --arch {host_arch()}`, or use -d qemu, which emulates {other}"
+    )
+    assert not any(call[1] == "createvm" for call in fake.calls())
+    assert not machines.store.exists("dev")

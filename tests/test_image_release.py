@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pymachine.errors import ImageError
-from pymachine.image import MANIFEST_NAME, BootImage
+from pymachine.image import BootImage, manifest_name
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def release(tmp_path: Path):
         (folder / name).write_bytes(data)
         artifacts[kind] = {"file": name, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
     artifacts["engine"]["version"] = "20.10.24"
-    (folder / MANIFEST_NAME).write_text(json.dumps({"version": "0.1.0", "cmdline": "console=ttyS0", "artifacts": artifacts}))
+    (folder / manifest_name()).write_text(json.dumps({"version": "0.1.0", "cmdline": "console=ttyS0", "artifacts": artifacts}))
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *args, **kwargs):

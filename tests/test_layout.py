@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = {"machine": "pymachine", "drivers": "pymachine.drivers", "iso": "pymachine.iso"}
 
 #: The floors, lowest first. A module may import from a lower floor, or from its own room.
-FOUNDATION = {"pymachine", "pymachine.errors", "pymachine.runner", "pymachine.progress", "pymachine.locking", "pymachine.procs", "pymachine.store", "pymachine.driver"}
+FOUNDATION = {"pymachine", "pymachine.arch", "pymachine.errors", "pymachine.runner", "pymachine.progress", "pymachine.locking", "pymachine.procs", "pymachine.store", "pymachine.driver"}
 FLOORS = {"foundation": 0, "guest": 1, "drivers": 1, "forwarding": 2, "core": 3, "iso": 4, "cli": 5}
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from pymachine.errors import ImageError
-from pymachine.image import MANIFEST_NAME
+from pymachine.image import manifest_name
 from pymachine.iso import build as build_module
 from pymachine.iso import recipe
 from pymachine.iso.archive import Entry, cpio_newc, tar_bytes
@@ -378,7 +378,7 @@ def test_current_returns_the_artifacts_when_everything_matches(recipe_copy: tupl
     _, lock = recipe_copy
     image_builder = builder(tmp_path, lock)
     manifest = fake_build(image_builder)
-    assert artifact_names()["manifest"] == MANIFEST_NAME
+    assert artifact_names()["manifest"] == manifest_name()
     found = image_builder.current()
     assert found is not None
     assert found.manifest == manifest
@@ -399,7 +399,7 @@ def test_current_is_none_when_the_build_does_not_match(damage: str, recipe_copy:
     elif damage == "missing":
         iso.unlink()
     elif damage == "json":
-        (image_builder.output / MANIFEST_NAME).write_text("{truncated")
+        (image_builder.output / manifest_name()).write_text("{truncated")
     assert image_builder.current() is None
 
 

@@ -384,3 +384,12 @@ def test_lock_of_a_missing_machine_raises_machine_not_found(store: Store) -> Non
         with store.lock("ghost"):
             pass
     assert not (store.machines_dir / "ghost").exists()
+
+
+def test_a_version_1_config_is_an_amd64_machine(store: Store) -> None:
+    """Version 2 added the guest's architecture; every machine made before was amd64."""
+    path = write_raw(store, "old", json.dumps({"version": 1, "name": "old", "driver": "qemu", "docker_port": 42376}))
+    config = store.load("old")
+    assert (config.arch, config.docker_port) == ("amd64", 42376)
+    store.save(config)
+    assert json.loads(path.read_text())["version"] == CONFIG_VERSION == 2

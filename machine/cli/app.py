@@ -134,6 +134,7 @@ def create(
     mount: list[str] = typer.Option([], "--mount", help="Share a host folder: HOST[:GUEST][:ro] (repeatable; default: your home folder, at the same path)."),
     no_mounts: bool = typer.Option(False, "--no-mounts", help="Share no host folder, not even your home folder."),
     force: bool = typer.Option(False, "--force", help="Start even while another hypervisor runs VMs."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="The guest's architecture, amd64 or arm64 (default: this host's; another one runs emulated)."),
 ) -> None:
     """Create a machine: a VM with Docker installed, secured with TLS, ready to use.
 
@@ -158,6 +159,7 @@ def create(
         forward_bind=forward_bind,
         mounts=[] if no_mounts else (mount or None),
         force=force,
+        arch=arch,
     )
     started = time.monotonic()
     machines.create(name, options)
@@ -295,9 +297,9 @@ def list_machines(
         for row in rows:
             print(_template(fmt, row.as_dict()))
         return
-    table = [("NAME", "ACTIVE", "DRIVER", "STATE", "URL", "DOCKER", "ERRORS")]
+    table = [("NAME", "ACTIVE", "DRIVER", "ARCH", "STATE", "URL", "DOCKER", "ERRORS")]
     for r in rows:
-        table.append((r.name, "*" if r.active else "-", r.driver, r.state, r.url, r.docker, r.error))
+        table.append((r.name, "*" if r.active else "-", r.driver, r.arch, r.state, r.url, r.docker, r.error))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         print("   ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
@@ -521,11 +523,12 @@ def image_build(ctx: typer.Context, force: bool = typer.Option(False, "--force",
 @image_app.command("path")
 def image_path(ctx: typer.Context) -> None:
     """Print where the boot image is (or would be) in the cache."""
-    from pymachine.image import MANIFEST_NAME
+    from pymachine.arch import host_arch
+    from pymachine.image import manifest_name
 
     home = _session(ctx).home
     assert home.cache is not None
-    print(home.cache / MANIFEST_NAME)
+    print(home.cache / manifest_name(host_arch()))
 
 
 @image_app.command("lock", hidden=True)
