@@ -9,6 +9,13 @@ sudo=""
 
 packages=()
 command -v qemu-system-x86_64 >/dev/null || packages+=(qemu-system-x86)
+# arm64 guests (Apple Silicon's architecture) run here too, under TCG, with UEFI firmware.
+command -v qemu-system-aarch64 >/dev/null || packages+=(qemu-system-arm)
+[ -f /usr/share/AAVMF/AAVMF_CODE.fd ] || packages+=(qemu-efi-aarch64)
+[ -f /usr/share/OVMF/OVMF_CODE.fd ] || packages+=(ovmf)
+# The tests read the boot image's EFI system partition (FAT) with independent tools.
+command -v mdir >/dev/null || packages+=(mtools)
+command -v fsck.fat >/dev/null || packages+=(dosfstools)
 command -v qemu-img >/dev/null || packages+=(qemu-utils)
 command -v dpkg-deb >/dev/null || packages+=(dpkg)
 command -v ssh >/dev/null || packages+=(openssh-client)
