@@ -21,7 +21,7 @@ esac
 eval "$(pymachine env "$name")"
 
 rootfs=$(mktemp --suffix=.tar)
-PYMACHINE_CACHE_PATH="${PYMACHINE_CACHE_PATH:-$HOME/.pymachine/cache}" ./scripts/busybox-rootfs.sh "$rootfs"
+./scripts/busybox-rootfs.sh "$rootfs"
 docker import "$rootfs" pymachine-demo:latest >/dev/null
 rm -f "$rootfs"
 docker rm -f hello >/dev/null 2>&1 || true

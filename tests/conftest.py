@@ -62,8 +62,10 @@ def boot_image() -> BootImage:
 def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory, boot_image: BootImage) -> Path:
     """A tarball of a tiny root filesystem (busybox) for `docker import`: no registry needed."""
     tarball = tmp_path_factory.mktemp("rootfs") / "busybox.tar"
-    env = {**os.environ, "PYMACHINE_CACHE_PATH": str(image_cache())}
-    subprocess.run([str(ROOT / "scripts" / "busybox-rootfs.sh"), str(tarball)], check=True, env=env)
+    from .live import program
+
+    env = {**os.environ, "PYMACHINE_CACHE_PATH": str(image_cache()), "PYMACHINE": program("pymachine")}
+    subprocess.run([str(ROOT / "scripts" / "busybox-rootfs.sh"), str(tarball), boot_image.arch], check=True, env=env)
     return tarball
 
 

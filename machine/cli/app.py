@@ -504,9 +504,21 @@ def drivers() -> None:
             print(f"  -o {option_name}=...  {help_text} (default: {default or 'none'})")
 
 
+def _image_arches(arch: str | None) -> list[str]:
+    from pymachine.arch import ARCHES, host_arch, normalize
+
+    if arch == "all":
+        return list(ARCHES)
+    return [normalize(arch) if arch else host_arch()]
+
+
 @image_app.command("build")
-def image_build(ctx: typer.Context, force: bool = typer.Option(False, "--force", help="Build even if the cache is up to date.")) -> None:
-    """Build the boot ISO, kernel, initrd and engine bundle into the cache (Debian/Ubuntu)."""
+def image_build(
+    ctx: typer.Context,
+    force: bool = typer.Option(False, "--force", help="Build even if the cache is up to date."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="amd64, arm64 or all (default: this host's architecture)."),
+) -> None:
+    """Build the boot ISO, kernel, initrd and engine bundle into the cache (on a Debian host)."""
     try:
         import zstandard  # noqa: F401
 
@@ -515,27 +527,32 @@ def image_build(ctx: typer.Context, force: bool = typer.Option(False, "--force",
         raise MachineError("Building the boot image needs pymachine's image extra", "Run `pip install 'pymachine[image]'`") from None
     home = _session(ctx).home
     assert home.cache is not None
-    artifacts = ImageBuilder(home.cache, home.image_work_dir, home.runner, home.progress).build(force=force)
-    for kind in sorted(artifacts.manifest["artifacts"]):
-        print(f"{kind}: {artifacts.path(kind)}")
+    for target in _image_arches(arch):
+        artifacts = ImageBuilder(home.cache, home.image_work_dir, home.runner, home.progress, arch=target).build(force=force)
+        for kind in sorted(artifacts.manifest["artifacts"]):
+            print(f"{kind}: {artifacts.path(kind)}")
 
 
 @image_app.command("path")
-def image_path(ctx: typer.Context) -> None:
-    """Print where the boot image is (or would be) in the cache."""
-    from pymachine.arch import host_arch
+def image_path(ctx: typer.Context, arch: Optional[str] = typer.Option(None, "--arch", help="amd64 or arm64 (default: this host's architecture).")) -> None:
+    """Print where the boot image's manifest is (or would be) in the cache."""
     from pymachine.image import manifest_name
 
     home = _session(ctx).home
     assert home.cache is not None
-    print(home.cache / manifest_name(host_arch()))
+    (target,) = _image_arches(arch)
+    print(home.cache / manifest_name(target))
 
 
 @image_app.command("lock", hidden=True)
-def image_lock() -> None:
-    """Pin the recipe's Debian packages (name, version, sha256) in iso/packages.lock, for developers."""
-    from pymachine.iso.build import LOCK_PATH, make_lock
-    from pymachine.runner import Runner
+def image_lock(ctx: typer.Context, arch: Optional[str] = typer.Option("all", "--arch", help="amd64, arm64 or all.")) -> None:
+    """Pin the recipe's Debian packages (name, version, sha256) in iso/packages-ARCH.lock, for developers."""
+    from pymachine.arch import ARCHES
+    from pymachine.iso.apt import DebianArchive
+    from pymachine.iso.build import lock_path, make_lock
 
-    text = make_lock(Runner())
-    print(f"pinned {len(text.splitlines()) - 2} packages in {LOCK_PATH}", file=sys.stderr)
+    home = _session(ctx).home
+    archive = DebianArchive(home.image_work_dir / "apt", home.runner, ARCHES)
+    for target in _image_arches(arch):
+        text = make_lock(archive, target)
+        print(f"pinned {len(text.splitlines()) - 2} packages in {lock_path(target)}", file=sys.stderr)

@@ -16,7 +16,8 @@ from typing import Any
 from pymachine.errors import ProvisionError
 from pymachine.guest.certs import CertPaths
 
-#: The daemon in the boot image is 20.10 (API 1.41); newer calls are not needed.
+#: Every call pymachine makes is in API 1.41 (Docker 20.10), which the image's Docker 26
+#: (API 1.45) and every daemon since serve: nothing newer is needed.
 API_VERSION = "1.41"
 
 
