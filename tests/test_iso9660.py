@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import shutil
 import stat
@@ -291,3 +292,18 @@ def test_config_medium_on_disk_is_0600(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert read_files(path.read_bytes())["ssh_host_ed25519_key"] == host.private_pem
     assert [p.name for p in tmp_path.iterdir()] == ["config.iso"]
+
+
+# -- bytes pinned ----------------------------------------------------------------------
+
+
+def test_bytes_are_pinned_for_the_bios_boot_image_and_a_plain_medium() -> None:
+    """Images written before EFI support existed must keep their exact bytes.
+
+    A released boot image is checked against its manifest's sha256, and a machine's
+    config medium is compared byte for byte: a writer change that moves one byte of an
+    image that uses no new feature is a regression, not a refactor.
+    """
+    assert hashlib.sha256(build()).hexdigest() == "0f5820c5f05c3b70e46769dcd41d85491a8da254f3dca04de40df15880048f1c"
+    medium = build(volume="PMCONFIG", boot=False, min_size=1 << 20)
+    assert hashlib.sha256(medium).hexdigest() == "dc4bcacc50d46a3a6428c99b8917307e06ddc8fcb544799cc11e7dac7196e7ef"
