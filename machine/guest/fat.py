@@ -426,12 +426,7 @@ def _short_entry(name: bytes, attr: int, cluster: int, size: int, date: int, clo
 
 
 def _check_long_name(name: str) -> None:
-    if (
-        name in (".", "..")
-        or name.endswith((".", " "))
-        or _utf16_units(name) > 255
-        or any(c in _LONG_FORBIDDEN or ord(c) < 0x20 for c in name)
-    ):
+    if name in (".", "..") or name.endswith((".", " ")) or _utf16_units(name) > 255 or any(c in _LONG_FORBIDDEN or ord(c) < 0x20 for c in name):
         raise ValueError(f"'{name}' cannot be a FAT name (no control characters, none of {''.join(sorted(_LONG_FORBIDDEN))}, no trailing '.' or space, up to 255 characters)")
 
 
@@ -490,7 +485,7 @@ def _assign_short_names(directory: _Node) -> None:
 
 
 def _short_display(short: bytes, case_flags: int = 0) -> str:
-    """"NAME.EXT" from an 11-byte short name; Windows NT's case flags may lower either half."""
+    """The name an 11-byte short name stands for ("NAME.EXT"); NT's case flags may lower either half."""
     base, ext = short[:8].decode("latin-1").rstrip(), short[8:].decode("latin-1").rstrip()
     if case_flags & 0x08:
         base = base.lower()
