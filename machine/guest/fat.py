@@ -248,7 +248,7 @@ class FatImage:
             return (g.data_sector + (cluster - 2) * SECTORS_PER_CLUSTER) * SECTOR_SIZE
 
         for directory in plan.dirs:
-            records = self._dir_records(directory, parent_cluster=self._parent_cluster(plan, directory), kind=g.kind)
+            records = self._dir_records(directory, parent_cluster=self._parent_cluster(plan, directory))
             if directory is self.root and g.kind != 32:
                 start = (g.reserved + 2 * g.fat_sectors) * SECTOR_SIZE
             else:
@@ -334,7 +334,7 @@ class FatImage:
                 struct.pack_into(fmt, table, n * width, value)
         return bytes(table)
 
-    def _dir_records(self, directory: _Node, parent_cluster: int, kind: int) -> bytes:
+    def _dir_records(self, directory: _Node, parent_cluster: int) -> bytes:
         date, clock = _dos_datetime(self.timestamp)
         out = bytearray()
         if directory is self.root:
