@@ -173,9 +173,13 @@ class DebianArchive:
     def download(self, packages: Iterable[tuple[str, str]], arch: str, into: Path) -> None:
         """`apt-get download name:arch=version ...` into the folder `into`."""
         into.mkdir(parents=True, exist_ok=True)
-        wanted = [f"{name}:{arch}={version}" for name, version in packages]
-        if not wanted:
+        packages = list(packages)
+        if not packages:
             return
+        # Architecture: all packages are filed under apt's first architecture: ask for
+        # them without one.
+        native = self._show([f"{name}:{arch}" for name, _ in packages], (arch,))
+        wanted = [f"{name}:{arch}={version}" if name in native else f"{name}={version}" for name, version in packages]
         try:
             self.runner.run(["apt-get", *self.options(), "download", "-q", *wanted], cwd=str(into), timeout=1800)
         except CommandFailed:

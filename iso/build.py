@@ -30,7 +30,8 @@ from typing import Any
 from pymachine import __version__
 from pymachine.arch import host_arch
 from pymachine.errors import ImageError
-from pymachine.guest import iso9660
+from pymachine.guest import fat, iso9660
+from pymachine.guest.fat import FatImage
 from pymachine.guest.iso9660 import IsoWriter
 from pymachine.image import manifest_name, sha256_file
 from pymachine.progress import Progress
@@ -68,6 +69,7 @@ BUILD_INPUTS = [
     HERE / "elf.py",
     HERE / "isolinux.cfg",
     Path(iso9660.__file__),
+    Path(fat.__file__),
 ]
 
 
@@ -506,17 +508,28 @@ class ImageBuilder:
         return compressed
 
     def compose_iso(self, trees: dict[str, Path], vmlinuz: bytes, initrd: bytes) -> bytes:
+        """The boot ISO: an EFI system partition with systemd-boot, the kernel and initrd
+        (UEFI, both architectures), and on amd64 isolinux too (BIOS), reading the very
+        same kernel and initrd sectors through the ISO 9660 tree."""
         writer = IsoWriter(recipe.BOOT_VOLUME_ID, timestamp=self.epoch)
         cmdline = recipe.kernel_cmdline(self.target)
+        esp = FatImage(recipe.BOOT_VOLUME_ID, timestamp=self.epoch)
+        esp.add_file(f"EFI/BOOT/{self.target.efi_boot_file}", (trees[recipe.EFI_PACKAGE] / self.target.systemd_boot).read_bytes())
+        esp.add_file("loader/loader.conf", b"timeout 0\ndefault pymachine.conf\n")
+        esp.add_file("loader/entries/pymachine.conf", f"title pymachine\nlinux /vmlinuz\ninitrd /initrd\noptions {cmdline}\n".encode())
+        esp.add_file("vmlinuz", vmlinuz)
+        esp.add_file("initrd", initrd)
+        writer.add_fat_image("boot/esp.img", esp)
+        writer.add_file_from_fat("boot/vmlinuz", esp, "vmlinuz")
+        writer.add_file_from_fat("boot/initrd", esp, "initrd")
         if self.target.bios:
             for package, files in recipe.BIOS_FILES.items():
                 for source, dest in files:
                     writer.add_file(dest, (trees[package] / source).read_bytes())
             config = (HERE / "isolinux.cfg").read_text().replace("@CMDLINE@", cmdline)
             writer.add_file("isolinux/isolinux.cfg", config.encode())
-            writer.add_file("boot/vmlinuz", vmlinuz)
-            writer.add_file("boot/initrd", initrd)
             writer.set_boot("isolinux/isolinux.bin", load_sectors=4)
+        writer.set_efi_boot("boot/esp.img")
         return writer.write()
 
     def _library_index(self, trees: dict[str, Path]) -> dict[str, tuple[str, bytes]]:
