@@ -31,6 +31,7 @@ from pymachine.runner import Runner
 from .contract import wait_for
 from .fakes import vbox_model
 from .fakes.guest import GuestFarm
+from .fakes.isos import write_boot_iso
 from .fakes.processes import FakeVMs
 from .fakes.tools import install
 from .fakes.vbox_model import FakeVirtualBox
@@ -39,7 +40,8 @@ from .fakes.vbox_model import FakeVirtualBox
 def image_cache(folder: Path) -> Path:
     """A boot image cache as `pymachine image build` leaves it: ISO, engine bundle, manifest."""
     folder.mkdir(parents=True)
-    (folder / "boot.iso").write_bytes(b"\0" * 32768)
+    # An isolinux (BIOS) image, as pymachine's amd64 build makes: the fake boots only that.
+    write_boot_iso(folder / "boot.iso", "bios")
     bundle = folder / "pymachine-engine-20.10.24-amd64.tar.zst"
     bundle.write_bytes(os.urandom(4096))
     manifest = {
@@ -97,7 +99,7 @@ def test_create_runs_the_whole_flow_against_the_fakes(world: tuple[Machines, Fak
     expected = [
         ["VBoxManage", "--version"],
         ["VBoxManage", "showvminfo", "dev", "--machinereadable"],
-        ["VBoxManage", "createvm", "--basefolder", str(folder / "virtualbox"), "--name", "dev", "--register"],
+        ["VBoxManage", "createvm", "--basefolder", str(folder / "virtualbox"), "--name", "dev", "--ostype", "Linux26_64", "--register"],
         [
             "VBoxManage", "modifyvm", "dev", "--firmware", "bios", "--ostype", "Linux26_64", "--cpus", "1", "--memory", "512",
             "--acpi", "on", "--ioapic", "on", "--rtcuseutc", "on", "--natdnsproxy1", "on", "--hwvirtex", "on", "--nestedpaging", "on",
