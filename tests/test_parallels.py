@@ -56,6 +56,7 @@ def test_create_runs_the_prlctl_sequence(tmp_path: Path) -> None:
         ["prlctl", "list", "dev", "--output", "status", "--no-header"],
         ["prlctl", "create", "dev", "--distribution", "linux", "--dst", str(folder / "parallels"), "--no-hdd"],
         ["prlctl", "list", "-a", "-j"],
+        ["prlctl", "list", "-i", "-j", "dev"],
         ["prlctl", "set", "dev", "--cpus", "2", "--memsize", "1024", "--startup-view", "headless", "--device-bootorder", "cdrom0"],
         ["prlctl", "set", "dev", "--device-set", "cdrom0", "--image", str(spec.boot.iso), "--connect"],
         ["prlctl", "set", "dev", "--device-add", "cdrom", "--image", str(spec.config_medium), "--connect"],
