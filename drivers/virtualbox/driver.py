@@ -134,7 +134,11 @@ _VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)\S*$")
 @dataclass
 class VirtualBoxOptions(DriverOptions):
     backend: str = option("auto", "auto (the VirtualBox API through pyvbox when the SDK's vboxapi imports, VirtualBox is 6.x and the guest is amd64, else VBoxManage), api or vboxmanage")
-    nic_type: str = option("auto", "The NAT adapter's model: auto (82540EM, docker-machine's choice, for amd64 guests; virtio for arm64), virtio, 82540EM, 82543GC, 82545EM, Am79C970A or Am79C973 (the last two are x86 only)")
+    nic_type: str = option(
+        "auto",
+        "The NAT adapter's model: auto (82540EM, docker-machine's choice, for amd64 guests; virtio for arm64), "
+        "virtio, 82540EM, 82543GC, 82545EM, Am79C970A or Am79C973 (the last two are x86 only)",
+    )
     host_io_cache: bool = option(True, "Let the host cache the disk controller's I/O (docker-machine's --hostiocache on)")
     vboxmanage: str = option("", "The VBoxManage program to run (default: VBoxManage on PATH)")
 

@@ -25,7 +25,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bootmedia import boot_medium_kind  # noqa: E402
 from parallels_model import PROCESS_STATES, FakeParallels  # noqa: E402
 
 NOT_FOUND = "Failed to get VM config: The virtual machine could not be found. The virtual machine is not registered in the virtual machine directory on your Mac."
@@ -287,6 +286,8 @@ def _serial(vm: dict[str, Any], line: str) -> None:
 def _boots(vm: dict[str, Any]) -> bool:
     """True if a connected CD holds what the VM's firmware starts (bootmedia.py), CDs in
     the boot order first."""
+    from bootmedia import boot_medium_kind  # here: only a start needs it, and each call is a new process
+
     if vm.get("cpu_type") == "arm":
         firmware = "efi-aa64"  # ARM VMs have EFI only ("BIOS type": "efi-arm64")
     else:

@@ -34,11 +34,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-try:
-    from .bootmedia import boot_medium_kind
-except ImportError:  # run by the fake VBoxManage, with tests/fakes itself on sys.path
-    from bootmedia import boot_medium_kind  # type: ignore[no-redef]
-
 STATE_ENV = "PYMACHINE_FAKE_VBOX"
 
 E_INVALIDARG = 0x80070057
@@ -246,11 +241,15 @@ class Host:
         return machine["state"] in LIVE_STATES
 
     def check_platform(self, platform: str, action: str = "run") -> None:
-        """LaunchVMProcess (and, UNVERIFIED, SaveSettings on a host without the ARM platform):
-        a VM of another platform than the host's is refused."""
+        """LaunchVMProcess refuses a VM of another platform than the host's; and, UNVERIFIED,
+        createvm's SaveSettings refuses an ARM VM on an x86 host, whose build lacks the ARM
+        platform."""
         if platform == self.arch:
             return
         if action == "create":
+            if platform == "x86":
+                return  # an ARM host makes x86 VMs (it lists x86 OS types) and refuses them at start
+            # An x86 host:
             # PlatformImpl.cpp's i_saveSettings on a build without VBOX_WITH_VIRT_ARMV8.
             # UNVERIFIED that an x86 release build takes this path at createvm.
             raise VBoxFault(VBOX_E_PLATFORM_ARCH_NOT_SUPPORTED, f"Platform '{PLATFORM_NAMES[platform]}' not supported", "PlatformWrap", "IPlatform")
@@ -271,7 +270,8 @@ class Host:
             if controller["type"] not in ARM_CONTROLLER_TYPES:
                 # The configuration asserts "invalid storage controller type"; the words
                 # that reach VBoxManage are UNVERIFIED.
-                raise VBoxFault(NS_ERROR_FAILURE, f"Invalid storage controller type for the ARM platform: {controller['type']} (controller '{name}') (VERR_MAIN_CONFIG_CONSTRUCTOR_IPE)", "ConsoleWrap", "IConsole")
+                text = f"Invalid storage controller type for the ARM platform: {controller['type']} (controller '{name}') (VERR_MAIN_CONFIG_CONSTRUCTOR_IPE)"
+                raise VBoxFault(NS_ERROR_FAILURE, text, "ConsoleWrap", "IConsole")
 
     def firmware_kind(self, machine: dict[str, Any]) -> str | None:
         """What the VM's firmware boots: "bios", "efi-x64", "efi-aa64"; None for none."""
@@ -285,6 +285,11 @@ class Host:
         kind = self.firmware_kind(machine)
         if kind is None:
             return None
+        # Imported here: most VBoxManage calls never boot anything, and each is a new process.
+        try:
+            from .bootmedia import boot_medium_kind
+        except ImportError:  # run by the fake VBoxManage, with tests/fakes itself on sys.path
+            from bootmedia import boot_medium_kind  # type: ignore[no-redef]
         for controller in machine["controllers"].values():
             for _, attachment in sorted(controller["attachments"].items()):
                 if attachment["type"] == "dvddrive" and boot_medium_kind(attachment["medium"], kind):

@@ -220,7 +220,10 @@ def createvm(host: Host, args: list[str], out: list[str], err: list[str]) -> int
         platform = "arm" if ostype.endswith("_arm64") else "x86"
     else:
         platform = host.arch  # "use the host's platform type as the VM platform type"
-    context = "CreateMachine(bstrSettingsFile.raw(), bstrName.raw(), platformArch, ComSafeArrayAsInParam(groups), bstrOsTypeId.raw(), createFlags.raw(), bstrCipher.raw(), bstrPasswordId.raw(), Bstr(strPassword).raw(), machine.asOutParam())"
+    context = (
+        "CreateMachine(bstrSettingsFile.raw(), bstrName.raw(), platformArch, ComSafeArrayAsInParam(groups), bstrOsTypeId.raw(), "
+        "createFlags.raw(), bstrCipher.raw(), bstrPasswordId.raw(), Bstr(strPassword).raw(), machine.asOutParam())"
+    )
     machine = _call(context, "VBoxManageMisc.cpp", 421, lambda: host.new_machine(name, base, ostype, platform))
     _call("SaveSettings()", "VBoxManageMisc.cpp", 430, lambda: host.check_platform(platform, "create"))
     if "--register" in opts:
