@@ -352,7 +352,9 @@ class ParallelsDriver(Driver):
             listing = json.loads(_json_part(self._prlctl("list", "-i", "-j", self.vm, timeout=30).stdout) or "[]")
         except (CommandFailed, ValueError):
             return  # the architecture could not be read; start will tell
-        cpu = ((listing[0] if listing else {}).get("Hardware") or {}).get("cpu") or {}
+        # A list of one object per VM (as `prlctl list -a -i -j` gives); take a bare object too.
+        info = listing[0] if isinstance(listing, list) and listing else listing if isinstance(listing, dict) else {}
+        cpu = (info.get("Hardware") or {}).get("cpu") or {}
         made = ARM64 if cpu.get("type") == ARM_CPU_TYPE else AMD64
         if made == self.spec.arch:
             return
