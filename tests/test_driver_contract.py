@@ -143,3 +143,8 @@ def test_lifecycle(harness: Harness) -> None:
     driver.remove()
     assert driver.state() == State.NOT_FOUND, "remove deletes the VM"
     driver.remove()  # twice: still fine (rm of a half-made machine relies on it)
+
+
+def test_the_fake_harnesses_are_in_the_suite() -> None:
+    # Intel and Apple Silicon, for both drivers that run through fakes.
+    assert {"virtualbox-cli", "virtualbox-api", "virtualbox-arm", "parallels", "parallels-arm"} <= set(HARNESSES)
