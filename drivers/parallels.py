@@ -16,6 +16,14 @@ machine's key, Docker its client certificate). pymachine keeps the address that 
 asked for in the rule's name and reports it back, but cannot make Parallels bind only
 127.0.0.1; docs/drivers.md says so too.
 
+Guest architectures: an Intel Mac runs amd64 guests, a Mac with Apple Silicon arm64
+guests (Parallels KB 125343: VMs of one cannot run on the other), natively; nothing is
+emulated. `prlctl create` makes a VM of the host's architecture, with no option to ask for
+another, so the driver reads back what it made (`prlctl list -i -j`: Hardware/cpu/type
+is "arm" on Apple Silicon) and refuses a machine whose guest does not match. arm64 VMs
+boot by EFI, which Parallels implies for them ("BIOS type": "efi-arm64"; there is no
+--efi-boot to set), from the same CD as on Intel.
+
 Files in the machine's folder:
     parallels/NAME.pvm   the VM bundle (settings, and the data disk harddisk.hdd)
     parallels.json       the VM's uuid, so `rm` can remove its NAT rules even without the VM
@@ -32,9 +40,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pymachine.arch import AMD64, ARCHES, ARM64, host_arch
 from pymachine.driver import (
     GUEST_DOCKER_PORT,
     GUEST_SSH_PORT,
+    NATIVE,
     Driver,
     DriverOptions,
     Feature,
@@ -65,24 +75,48 @@ NOT_FOUND = "The virtual machine could not be found"
 LOGIN_FAILED = "Login failed:"
 LOGIN_ATTEMPTS = 4
 
-#: `prlctl list --output status` words, as pymachine States.
+#: Every word `prlctl list --output status` prints (vmstate2str in prlctl's sources,
+#: OpenVZ/prlctl src/Utils.cpp, one per SDK state VMS_*), as a pymachine State.
 VM_STATES: dict[str, State] = {
-    "running": State.RUNNING,
-    "paused": State.PAUSED,
-    "suspended": State.SAVED,
-    "stopping": State.STOPPING,
     "stopped": State.STOPPED,
     "starting": State.STARTING,
-    "resuming": State.STARTING,
-    "restoring": State.STARTING,
-    "continuing": State.STARTING,
+    "restoring": State.STARTING,  # coming back from suspended
+    "running": State.RUNNING,
+    "paused": State.PAUSED,
     "resetting": State.STARTING,
-    "suspending": State.STOPPING,
     "pausing": State.STOPPING,
-    "invalid": State.ERROR,
+    "suspending": State.STOPPING,
+    "stopping": State.STOPPING,
+    "compacting": State.STOPPED,  # its disks are being compacted; the VM is off
+    "suspended": State.SAVED,
+    "snapshoting": State.RUNNING,  # a snapshot of the running VM is being taken (sic)
+    "continuing": State.STARTING,  # resuming from paused
+    "migrating": State.RUNNING,  # runs here until the move to another host completes
+    "del_snapshot": State.SAVED,  # VMS_DELETING_STATE: its saved state is being deleted
+    "resuming": State.STARTING,
+    "syncing": State.STOPPING,  # VMS_SUSPENDING_SYNC: the suspended memory is being written out
+    "invalid": State.ERROR,  # VMS_UNKNOWN
+    "reconnecting": State.RUNNING,  # the service reconnects to the running VM's process
+    "mounted": State.STOPPED,  # its disks are mounted on the host (prlctl mount); the VM is off
+    "unknown": State.ERROR,  # prlctl's word for a state it has no name for
 }
-#: Statuses in which the VM runs (or is on its way up or down): stop and kill act on them.
-LIVE_STATUSES = frozenset({"running", "paused", "stopping", "starting", "resuming", "restoring", "continuing", "resetting", "suspending", "pausing"})
+#: Statuses in which the VM's process runs (or is on its way up or down): stop and kill
+#: act on them. Not: suspended, del_snapshot and syncing (a saved state, no process),
+#: compacting and mounted (off, the disks busy), stopped, invalid, unknown.
+LIVE_STATUSES = frozenset(
+    {
+        "running", "paused", "stopping", "starting", "resuming", "restoring", "continuing", "resetting",
+        "suspending", "pausing", "snapshoting", "migrating", "reconnecting",
+    }
+)  # fmt: skip
+#: `prlctl create --distribution` for each guest: Parallels' generic Linux on Intel, as
+#: before; Debian (the guest's base) on Apple Silicon, as chef/bento's arm64 boxes do.
+DISTRIBUTIONS = {AMD64: "linux", ARM64: "debian"}
+#: `prlctl list -i`'s Hardware/cpu/type for an Apple Silicon VM; an Intel VM's is not "arm".
+ARM_CPU_TYPE = "arm"
+#: Fragments of prlctl's refusal to start a VM made on the other kind of Mac. UNVERIFIED:
+#: only "an ARM-based operating system" is quoted from a user's report (vagrant-parallels#401).
+WRONG_ARCH_WORDS = ("ARM-based operating system", "Apple silicon", "Intel processor")
 _VERSION = re.compile(r"(\d+)\.(\d+)\.(\d+)")
 _EDITION = re.compile(r'edition="([^"]*)"')
 
@@ -269,6 +303,14 @@ class ParallelsDriver(Driver):
         check_parallels(runner)
 
     @classmethod
+    def guest_arches(cls, runner: Runner, options: DriverOptions) -> dict[str, str]:
+        """The Mac's own architecture, natively: arm64 on Apple Silicon, amd64 on an Intel
+        Mac (KB 125343). Parallels Desktop 20.2+ has a hidden x86_64 emulation preview on
+        Apple Silicon; pymachine does not use it."""
+        host = host_arch()
+        return {host: NATIVE} if host in ARCHES else {}
+
+    @classmethod
     def host_report(cls, runner: Runner) -> HostReport:
         if runner.which("prlctl") is None:
             return HostReport(False, accelerator="Parallels hypervisor", detail=INSTALL_HINT)
@@ -285,9 +327,10 @@ class ParallelsDriver(Driver):
         self.destination.mkdir(parents=True, exist_ok=True)
         vm, spec = self.vm, self.spec
         try:
-            self._prlctl("create", vm, "--distribution", "linux", "--dst", str(self.destination), "--no-hdd")
+            self._prlctl("create", vm, "--distribution", DISTRIBUTIONS.get(spec.arch, "linux"), "--dst", str(self.destination), "--no-hdd")
             self._uuid = None
             self.identity_file.write_text(json.dumps({"uuid": self.uuid()}) + "\n")
+            self._check_made_arch()
             self._prlctl("set", vm, "--cpus", str(spec.cpus), "--memsize", str(spec.memory_mb), "--startup-view", "headless", "--device-bootorder", "cdrom0")
             self._prlctl("set", vm, "--device-set", "cdrom0", "--image", str(spec.boot.iso), "--connect")
             self._prlctl("set", vm, "--device-add", "cdrom", "--image", str(spec.config_medium), "--connect")
@@ -299,6 +342,30 @@ class ParallelsDriver(Driver):
                 self._prlctl("set", vm, "--nested-virt", "on")
         except CommandFailed as exc:
             raise DriverError(f"Parallels could not create VM '{vm}': {_last_line(exc)}", f"Run `pymachine rm -f {vm}` to clean up, then create it again") from None
+
+    def _check_made_arch(self) -> None:
+        """Refuse, and delete, a VM Parallels made for another architecture than the guest's.
+
+        pymachine.arch.host_arch() trusts Python, which can be wrong (an x86 Python under
+        Rosetta on Apple Silicon reports x86_64); Parallels' own report is the last word."""
+        try:
+            listing = json.loads(_json_part(self._prlctl("list", "-i", "-j", self.vm, timeout=30).stdout) or "[]")
+        except (CommandFailed, ValueError):
+            return  # the architecture could not be read; start will tell
+        # A list of one object per VM (as `prlctl list -a -i -j` gives); take a bare object too.
+        info = listing[0] if isinstance(listing, list) and listing else listing if isinstance(listing, dict) else {}
+        cpu = (info.get("Hardware") or {}).get("cpu") or {}
+        made = ARM64 if cpu.get("type") == ARM_CPU_TYPE else AMD64
+        if made == self.spec.arch:
+            return
+        try:
+            self._prlctl("delete", self.vm)
+        except CommandFailed:
+            pass  # `pymachine rm -f` cleans up what is left
+        raise DriverError(
+            f"Parallels on this Mac makes {made} VMs (prlctl list -i: cpu type '{cpu.get('type', '')}'), and machine '{self.vm}' is {self.spec.arch}",
+            f"Run `pymachine rm -f {self.vm}`, then `pymachine create --arch {made}`",
+        )
 
     def start(self) -> None:
         status = self._status()
@@ -317,6 +384,14 @@ class ParallelsDriver(Driver):
         try:
             self._prlctl("start", self.vm)
         except CommandFailed as exc:
+            self._drop_system_rules()
+            text = _last_line(exc)
+            if any(words in text for words in WRONG_ARCH_WORDS):
+                runs = AMD64 if self.spec.arch == ARM64 else ARM64
+                raise DriverError(
+                    f"Parallels on this Mac cannot run machine '{self.vm}', an {self.spec.arch} VM: {text}",
+                    f"Run `pymachine rm -f {self.vm}`, then `pymachine create --arch {runs}`",
+                ) from None
             raise self._explain("start", exc) from None
 
     def stop(self, timeout: float) -> None:

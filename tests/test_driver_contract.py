@@ -40,18 +40,17 @@ def qemu_harness(tmp_path: Path, request: pytest.FixtureRequest) -> Harness:
 
 
 #: name -> factory(tmp_path, request) -> Harness. The VirtualBox and Parallels drivers
-#: add theirs (through their fakes) in fake_harnesses.py.
+#: add theirs (through their fakes, on an Intel host and on Apple Silicon) in fake_harnesses.py.
 HARNESSES: dict[str, Callable[[Path, pytest.FixtureRequest], Harness]] = {"qemu": qemu_harness}
 LIVE = {"qemu"}
 
 
 def _params() -> list:
-    try:
-        from . import fake_harnesses
-    except ImportError:
-        fake_harnesses = None
-    if fake_harnesses is not None:
-        HARNESSES.update(fake_harnesses.HARNESSES)
+    # A plain import: if the fakes cannot be imported, collection must fail loudly rather
+    # than the VirtualBox and Parallels cases quietly disappearing.
+    from . import fake_harnesses
+
+    HARNESSES.update(fake_harnesses.HARNESSES)
     return [pytest.param(name, marks=[pytest.mark.live] if name in LIVE else []) for name in sorted(HARNESSES)]
 
 
@@ -144,3 +143,8 @@ def test_lifecycle(harness: Harness) -> None:
     driver.remove()
     assert driver.state() == State.NOT_FOUND, "remove deletes the VM"
     driver.remove()  # twice: still fine (rm of a half-made machine relies on it)
+
+
+def test_the_fake_harnesses_are_in_the_suite() -> None:
+    # Intel and Apple Silicon, for both drivers that run through fakes.
+    assert {"virtualbox-cli", "virtualbox-api", "virtualbox-arm", "parallels", "parallels-arm"} <= set(HARNESSES)

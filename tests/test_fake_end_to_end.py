@@ -31,26 +31,30 @@ from pymachine.runner import Runner
 from .contract import wait_for
 from .fakes import vbox_model
 from .fakes.guest import GuestFarm
+from .fakes.isos import write_boot_iso
 from .fakes.processes import FakeVMs
 from .fakes.tools import install
 from .fakes.vbox_model import FakeVirtualBox
 
 
-def image_cache(folder: Path) -> Path:
-    """A boot image cache as `pymachine image build` leaves it: ISO, engine bundle, manifest."""
+def image_cache(folder: Path, arch: str = "amd64") -> Path:
+    """A boot image cache as `pymachine image build` leaves it: ISO, engine bundle, manifest.
+    The fakes boot only what the VM's firmware can start: an isolinux (BIOS) ISO for
+    amd64, as pymachine's amd64 build makes, and an EFI one with BOOTAA64.EFI for arm64."""
     folder.mkdir(parents=True)
-    (folder / "boot.iso").write_bytes(b"\0" * 32768)
-    bundle = folder / "pymachine-engine-20.10.24-amd64.tar.zst"
+    write_boot_iso(folder / f"boot-{arch}.iso", "bios" if arch == "amd64" else "arm64")
+    bundle = folder / f"pymachine-engine-20.10.24-{arch}.tar.zst"
     bundle.write_bytes(os.urandom(4096))
     manifest = {
         "version": "test",
-        "cmdline": "console=ttyS0",
+        "arch": arch,
+        "cmdline": "console=ttyS0" if arch == "amd64" else "console=ttyAMA0",
         "artifacts": {
-            "iso": {"file": "boot.iso"},
+            "iso": {"file": f"boot-{arch}.iso"},
             "engine": {"file": bundle.name, "sha256": hashlib.sha256(bundle.read_bytes()).hexdigest(), "version": "20.10.24"},
         },
     }
-    (folder / manifest_name()).write_text(json.dumps(manifest))
+    (folder / manifest_name(arch)).write_text(json.dumps(manifest))
     return folder
 
 
@@ -62,7 +66,21 @@ def docker_host_port(fake: FakeVirtualBox, name: str) -> int:
 
 @pytest.fixture
 def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Machines, FakeVirtualBox, GuestFarm]]:
-    fake = FakeVirtualBox(tmp_path / "vbox.json").initialise()
+    yield from _world(tmp_path, monkeypatch, "amd64")
+
+
+@pytest.fixture
+def apple_silicon_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Machines, FakeVirtualBox, GuestFarm]]:
+    """An Apple Silicon Mac with VirtualBox 7.1: host_arch() says arm64, the fake host is arm."""
+    monkeypatch.setattr("platform.machine", lambda: "arm64")
+    yield from _world(tmp_path, monkeypatch, "arm64")
+
+
+def _world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arch: str) -> Iterator[tuple[Machines, FakeVirtualBox, GuestFarm]]:
+    if arch == "arm64":
+        fake = FakeVirtualBox(tmp_path / "vbox.json").initialise(version="7.1.6", revision="167084", host_arch="arm")
+    else:
+        fake = FakeVirtualBox(tmp_path / "vbox.json").initialise()
     bin_dir = install(tmp_path / "bin", "VBoxManage")
     # The forward watcher is a process of its own that builds its runner from the
     # environment: it must find the same fakes.
@@ -72,7 +90,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Mac
     # Only the fakes are on the core's path: no real VBoxManage, and no docker CLI, so
     # the user's docker contexts are never touched.
     runner = Runner(path=str(bin_dir), env={vbox_model.STATE_ENV: str(fake.path)})
-    home = Home(tmp_path / "home", runner=runner, progress=RecordingProgress(), cache=image_cache(tmp_path / "cache"), ssh_factory=farm.connect)
+    home = Home(tmp_path / "home", runner=runner, progress=RecordingProgress(), cache=image_cache(tmp_path / "cache", arch), ssh_factory=farm.connect)
     machines = Machines(home)
     try:
         yield machines, fake, farm
@@ -97,7 +115,7 @@ def test_create_runs_the_whole_flow_against_the_fakes(world: tuple[Machines, Fak
     expected = [
         ["VBoxManage", "--version"],
         ["VBoxManage", "showvminfo", "dev", "--machinereadable"],
-        ["VBoxManage", "createvm", "--basefolder", str(folder / "virtualbox"), "--name", "dev", "--register"],
+        ["VBoxManage", "createvm", "--basefolder", str(folder / "virtualbox"), "--name", "dev", "--ostype", "Linux26_64", "--register"],
         [
             "VBoxManage", "modifyvm", "dev", "--firmware", "bios", "--ostype", "Linux26_64", "--cpus", "1", "--memory", "512",
             "--acpi", "on", "--ioapic", "on", "--rtcuseutc", "on", "--natdnsproxy1", "on", "--hwvirtex", "on", "--nestedpaging", "on",
@@ -178,3 +196,29 @@ def test_create_refuses_an_architecture_the_driver_cannot_run_here(world: tuple[
     )
     assert not any(call[1] == "createvm" for call in fake.calls())
     assert not machines.store.exists("dev")
+
+
+def test_create_on_apple_silicon_makes_an_arm_vm_that_boots_and_provisions(apple_silicon_world: tuple[Machines, FakeVirtualBox, GuestFarm]) -> None:
+    machines, fake, farm = apple_silicon_world
+    options = CreateOptions(driver="virtualbox", cpus=1, memory_mb=512, disk_mb=2048, force=True)
+    machine = machines.create("dev", options)
+    assert machine.config.arch == "arm64" and machine.config.status == "ready"
+    calls = fake.calls()
+    assert ["VBoxManage", "createvm", "--name", "dev", "--basefolder", str(machine.directory / "virtualbox"), "--platform-architecture=arm", "--register"] in calls
+    vm = fake.machine("dev")
+    assert vm is not None and (vm["platform"], vm["firmware"], vm["chipset"]) == ("arm", "EFI", "armv8virtual")
+    assert "pymachine: ready" in fake.console("dev")
+    assert farm.guests["dev"].engine_running
+    assert machine.inspect()["driver_details"]["backend_reason"].startswith("VBoxManage, because pyvbox speaks the VirtualBox 6.1 API")
+
+
+def test_create_on_apple_silicon_refuses_an_amd64_guest(apple_silicon_world: tuple[Machines, FakeVirtualBox, GuestFarm]) -> None:
+    machines, fake, _ = apple_silicon_world
+    options = CreateOptions(driver="virtualbox", cpus=1, memory_mb=512, disk_mb=2048, arch="amd64", force=True)
+    with pytest.raises(MachineError) as caught:
+        machines.create("dev", options)
+    assert str(caught.value) == (
+        "The virtualbox driver cannot run amd64 guests on this arm64 host (it runs arm64 here). "
+        "Run `pymachine create --arch arm64`, or use -d qemu, which emulates amd64"
+    )
+    assert not any(call[1] == "createvm" for call in fake.calls())

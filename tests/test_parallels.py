@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pymachine.driver import Feature, PortForward, State
-from pymachine.drivers.parallels import VM_STATES, ParallelsDriver, ParallelsOptions
+from pymachine.drivers.parallels import LIVE_STATUSES, VM_STATES, ParallelsDriver, ParallelsOptions
 from pymachine.errors import (
     DriverError,
     DriverNotAvailable,
@@ -26,7 +26,7 @@ from pymachine.runner import Completed, Runner
 
 from .contract import free_port
 from .fake_harnesses import parallels_driver
-from .fakes.parallels_model import FakeParallels
+from .fakes.parallels_model import PROCESS_STATES, VM_STATE_WORDS, FakeParallels
 
 
 @pytest.fixture
@@ -56,6 +56,7 @@ def test_create_runs_the_prlctl_sequence(tmp_path: Path) -> None:
         ["prlctl", "list", "dev", "--output", "status", "--no-header"],
         ["prlctl", "create", "dev", "--distribution", "linux", "--dst", str(folder / "parallels"), "--no-hdd"],
         ["prlctl", "list", "-a", "-j"],
+        ["prlctl", "list", "-i", "-j", "dev"],
         ["prlctl", "set", "dev", "--cpus", "2", "--memsize", "1024", "--startup-view", "headless", "--device-bootorder", "cdrom0"],
         ["prlctl", "set", "dev", "--device-set", "cdrom0", "--image", str(spec.boot.iso), "--connect"],
         ["prlctl", "set", "dev", "--device-add", "cdrom", "--image", str(spec.config_medium), "--connect"],
@@ -77,11 +78,39 @@ def test_nested_virtualization_is_an_option(tmp_path: Path) -> None:
     assert fake.calls()[-1] == ["prlctl", "set", "dev", "--nested-virt", "on"]
 
 
-@pytest.mark.parametrize("status", sorted(VM_STATES))
-def test_each_status_maps(made: tuple[ParallelsDriver, FakeParallels], status: str) -> None:
+@pytest.mark.parametrize("status", sorted(VM_STATE_WORDS.values()))
+def test_every_word_prlctl_prints_maps(made: tuple[ParallelsDriver, FakeParallels], status: str) -> None:
+    """The fake's list is prlctl's own (vmstate2str), not the driver's: each word must map."""
     driver, fake = made
     fake.set_status("dev", status)
+    assert status in VM_STATES, f"prlctl prints '{status}' and the driver does not know it"
     assert driver.state() == VM_STATES[status]
+
+
+def test_the_words_beyond_the_everyday_five() -> None:
+    # What each SDK state means (the Parallels SDK; libvirt's vz driver maps them alike).
+    assert {s: VM_STATES[s] for s in ("snapshoting", "migrating", "reconnecting", "compacting", "mounted", "del_snapshot", "syncing", "unknown")} == {
+        "snapshoting": State.RUNNING,
+        "migrating": State.RUNNING,
+        "reconnecting": State.RUNNING,
+        "compacting": State.STOPPED,
+        "mounted": State.STOPPED,
+        "del_snapshot": State.SAVED,
+        "syncing": State.STOPPING,
+        "unknown": State.ERROR,
+    }
+    assert {"snapshoting", "migrating", "reconnecting"} <= LIVE_STATUSES
+    assert not {"compacting", "mounted", "del_snapshot", "syncing", "suspended", "invalid", "unknown"} & LIVE_STATUSES
+    # The driver acts on a VM exactly when prlctl has a process to act on (the fake's model).
+    assert set(LIVE_STATUSES) == PROCESS_STATES
+
+
+@pytest.mark.parametrize(("status", "killed"), [("snapshoting", True), ("migrating", True), ("mounted", False), ("compacting", False)])
+def test_kill_acts_only_on_a_vm_with_a_process(made: tuple[ParallelsDriver, FakeParallels], status: str, killed: bool) -> None:
+    driver, fake = made
+    fake.set_status("dev", status)
+    driver.kill()
+    assert (["prlctl", "stop", "dev", "--kill"] in fake.calls()) == killed
 
 
 def test_the_reference_statuses() -> None:

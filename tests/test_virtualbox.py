@@ -84,7 +84,7 @@ def test_create_runs_docker_machines_sequence(tmp_path: Path) -> None:
     spec, folder = driver.spec, driver.spec.directory
     assert fake.calls() == [
         ["VBoxManage", "showvminfo", "dev", "--machinereadable"],
-        ["VBoxManage", "createvm", "--basefolder", str(folder / "virtualbox"), "--name", "dev", "--register"],
+        ["VBoxManage", "createvm", "--basefolder", str(folder / "virtualbox"), "--name", "dev", "--ostype", "Linux26_64", "--register"],
         [
             "VBoxManage", "modifyvm", "dev", "--firmware", "bios", "--ostype", "Linux26_64", "--cpus", "2", "--memory", "1024",
             "--acpi", "on", "--ioapic", "on", "--rtcuseutc", "on", "--natdnsproxy1", "on", "--hwvirtex", "on", "--nestedpaging", "on",

@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pymachine.errors import DriverError
+
 from .backend import NatRule, VBoxFailure, VMInfo, VMLayout, with_retries
 
 T = TypeVar("T")
@@ -161,6 +163,9 @@ class ApiBackend:
             raise
 
     def create(self, layout: VMLayout) -> None:
+        if layout.arch != "amd64":
+            # choose_backend never picks this backend for arm64; keep it that way.
+            raise DriverError(f"The VirtualBox API backend cannot make {layout.arch} VMs (the 6.1 API has no ARM platform)", "Pass -o backend=vboxmanage")
         lib = self.lib
         operation = f"create VM '{layout.name}'"
 

@@ -27,6 +27,8 @@ LOCKED_ATTEMPTS = 4
 E_ACCESSDENIED = 0x80070005
 VBOX_E_OBJECT_NOT_FOUND = 0x80BB0001
 VBOX_E_INVALID_OBJECT_STATE = 0x80BB0007
+#: "Cannot run the machine because its platform architecture x86 is not supported on ARM"
+VBOX_E_PLATFORM_ARCH_NOT_SUPPORTED = 0x80BB0012
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,8 @@ class VMLayout:
     rules: list[NatRule]
     #: host folders as (share name, host path, writable); the guest mounts them with vboxsf
     shares: list[tuple[str, str, bool]] = field(default_factory=list)
+    #: the guest's architecture: "amd64" (VirtualBox's x86 platform) or "arm64" (its ARM platform)
+    arch: str = "amd64"
 
 
 class VBoxFailure(DriverError):
@@ -111,6 +115,11 @@ class VBoxFailure(DriverError):
     @property
     def not_found(self) -> bool:
         return self.code == VBOX_E_OBJECT_NOT_FOUND or "Could not find a registered machine" in self.text
+
+    @property
+    def wrong_platform(self) -> bool:
+        """This host's VirtualBox runs no VM of that platform (x86 on ARM, ARM on x86)."""
+        return self.code == VBOX_E_PLATFORM_ARCH_NOT_SUPPORTED or "platform architecture" in self.text
 
 
 def with_retries(action: Callable[[], T], pause: float) -> T:

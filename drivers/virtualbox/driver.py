@@ -12,6 +12,12 @@ Files in the machine's folder:
 
 Two backends do the work: the VirtualBox API through pyvbox, when the SDK's vboxapi
 imports, and VBoxManage through the Runner otherwise (see backend.py).
+
+Guest architectures: VirtualBox virtualizes the host's own architecture only. On an
+x86-64 host the guest is amd64, an x86 platform VM; on an arm64 host (Apple Silicon,
+VirtualBox 7.1 or newer) it is arm64, an ARM platform VM (see vboxmanage.py for what
+each is made of). Nothing is emulated. ARM VMs are made through VBoxManage only: pyvbox
+speaks the 6.1 API, which has no platforms.
 """
 
 from __future__ import annotations
@@ -25,9 +31,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pymachine.arch import AMD64, ARM64, host_arch
 from pymachine.driver import (
     GUEST_DOCKER_PORT,
     GUEST_SSH_PORT,
+    NATIVE,
     Driver,
     DriverOptions,
     Feature,
@@ -57,6 +65,9 @@ T = TypeVar("T")
 
 INSTALL_HINT = "Install VirtualBox 5 or newer from https://www.virtualbox.org/wiki/Downloads"
 MIN_MAJOR = 5
+#: The first VirtualBox with the ARM platform (`createvm --platform-architecture=arm`); on
+#: Apple Silicon, 7.0 was a developer preview that pymachine does not drive.
+ARM_MIN_VERSION = (7, 1)
 #: minikube's limit: a healthy VBoxManage answers --version at once.
 VERSION_TIMEOUT = 4.0
 SSH_RULE = "ssh"
@@ -64,6 +75,11 @@ DOCKER_RULE = "docker"
 #: Rules pymachine adds for containers; others (made by hand) are left alone.
 RULE_PREFIX = "pymachine-"
 BACKENDS = ("auto", "api", "vboxmanage")
+#: The NICs the ARM platform's VM configuration knows (VirtualBox's ConsoleImplConfigArmV8:
+#: the e1000 family and virtio-net); the PCnet models are x86 only.
+ARM_NIC_TYPES = ("virtio", "82540EM", "82543GC", "82545EM")
+#: -o nic-type=auto: docker-machine's adapter on x86, virtio-net on ARM.
+DEFAULT_NIC_TYPES = {AMD64: "82540EM", ARM64: "virtio"}
 
 #: Every VMState that `showvminfo --machinereadable` prints, as a pymachine State.
 VM_STATES: dict[str, State] = {
@@ -117,9 +133,13 @@ _VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)\S*$")
 
 @dataclass
 class VirtualBoxOptions(DriverOptions):
-    backend: str = option("auto", "auto (the VirtualBox API through pyvbox when the SDK's vboxapi imports and VirtualBox is 6.x, else VBoxManage), api or vboxmanage")
-    nic_type: str = option("82540EM", "The NAT adapter's model: 82540EM (docker-machine's choice), virtio, 82543GC, 82545EM, Am79C970A or Am79C973")
-    host_io_cache: bool = option(True, "Let the host cache the SATA controller's I/O (docker-machine's --hostiocache on)")
+    backend: str = option("auto", "auto (the VirtualBox API through pyvbox when the SDK's vboxapi imports, VirtualBox is 6.x and the guest is amd64, else VBoxManage), api or vboxmanage")
+    nic_type: str = option(
+        "auto",
+        "The NAT adapter's model: auto (82540EM, docker-machine's choice, for amd64 guests; virtio for arm64), "
+        "virtio, 82540EM, 82543GC, 82545EM, Am79C970A or Am79C973 (the last two are x86 only)",
+    )
+    host_io_cache: bool = option(True, "Let the host cache the disk controller's I/O (docker-machine's --hostiocache on)")
     vboxmanage: str = option("", "The VBoxManage program to run (default: VBoxManage on PATH)")
 
 
@@ -189,7 +209,7 @@ class VirtualBoxDriver(Driver):
     def backend(self) -> Backend:
         """The backend in use, chosen on first use (see VirtualBoxOptions.backend)."""
         if self._backend is None:
-            self._backend, self._backend_reason = choose_backend(self.options, self.runner, self._api, self.retry_pause)
+            self._backend, self._backend_reason = choose_backend(self.options, self.runner, self._api, self.retry_pause, self.spec.arch)
         return self._backend
 
     def _do(self, what: str, action: Callable[[], T]) -> T:
@@ -207,6 +227,14 @@ class VirtualBoxDriver(Driver):
             )
         if exc.not_found:
             return MachineStateError(f"The VirtualBox VM '{vm}' does not exist", f"Run `pymachine rm -f {vm}`, then create the machine again")
+        if exc.wrong_platform:
+            # Python's view of the host can be wrong (an x86 Python under Rosetta on Apple
+            # Silicon says x86_64); VirtualBox's own refusal is the last word.
+            runs = AMD64 if self.spec.arch == ARM64 else ARM64
+            return DriverError(
+                f"VirtualBox on this host cannot {what} VM '{vm}', an {self.spec.arch} machine: {exc.text}",
+                f"Run `pymachine rm -f {vm}`, then `pymachine create --arch {runs}`",
+            )
         if what == "create":
             return DriverError(f"VirtualBox could not create VM '{vm}': {exc.text}", f"Run `pymachine rm -f {vm}` to clean up, then create it again")
         return DriverError(f"VirtualBox could not {what} VM '{vm}': {exc.text}", f"Run `pymachine status {vm}`, and `VBoxManage showvminfo {vm}` for VirtualBox's view")
@@ -227,12 +255,38 @@ class VirtualBoxDriver(Driver):
         assert isinstance(options, VirtualBoxOptions)
         validate_options(options)
         if options.backend != "api":
-            check_vboxmanage(runner, options.vboxmanage or "VBoxManage")
+            version = check_vboxmanage(runner, options.vboxmanage or "VBoxManage")
+            if host_arch() == ARM64 and not runs_arm(version):
+                raise DriverNotAvailable(
+                    f"VirtualBox {version} cannot run VMs on this arm64 host: the ARM platform came with VirtualBox 7.1",
+                    "Install VirtualBox 7.1 or newer for Apple Silicon, or use `pymachine create -d qemu`",
+                )
         else:
             try:
                 connect()
             except ApiUnavailable as exc:
                 raise DriverNotAvailable(f"The VirtualBox API cannot be used here: {exc}", "Install the VirtualBox SDK's vboxapi, or pass -o backend=vboxmanage") from None
+
+    @classmethod
+    def guest_arches(cls, runner: Runner, options: DriverOptions) -> dict[str, str]:
+        """The host's own architecture, natively; nothing emulated.
+
+        Decided by the host's architecture (pymachine.arch.host_arch) and, on an arm64
+        host, by `VBoxManage --version`: only 7.1 and newer have the ARM platform.
+        `list hostinfo` and `list systemproperties` are not consulted: how they show the
+        host's platform is not confirmed, and VirtualBox refuses a VM of the wrong platform
+        at startvm anyway (the driver then names `--arch`).
+        """
+        assert isinstance(options, VirtualBoxOptions)
+        host = host_arch()
+        if host == ARM64:
+            program = options.vboxmanage or "VBoxManage"
+            try:
+                version = check_vboxmanage(runner, program)
+            except DriverNotAvailable:
+                return {ARM64: NATIVE}  # precheck has said what is wrong
+            return {ARM64: NATIVE} if runs_arm(version) else {}
+        return {AMD64: NATIVE} if host == AMD64 else {}
 
     @classmethod
     def host_report(cls, runner: Runner) -> HostReport:
@@ -253,6 +307,7 @@ class VirtualBoxDriver(Driver):
 
     def create(self) -> None:
         validate_options(self.options)
+        nic_type = nic_type_for(self.options, self.spec.arch)
         self.spec.directory.mkdir(parents=True, exist_ok=True)
         if self._info() is not None:
             raise MachineStateError(
@@ -269,10 +324,11 @@ class VirtualBoxDriver(Driver):
             disk=self.disk,
             disk_mb=self.spec.disk_mb,
             serial_log=self.console,
-            nic_type=self.options.nic_type,
+            nic_type=nic_type,
             host_io_cache=self.options.host_io_cache,
             rules=self.system_rules(),
             shares=[(share_tag(i), mount.host, mount.writable) for i, mount in enumerate(self.spec.mounts)],
+            arch=self.spec.arch,
         )
         self._do("create", lambda: self.backend.create(layout))
 
@@ -395,6 +451,7 @@ class VirtualBoxDriver(Driver):
         return {
             "backend": backend,
             "backend_reason": self._backend_reason,
+            "platform": "ARM" if self.spec.arch == ARM64 else "x86",
             "vm": self.vm,
             "vm_folder": str(self.base_folder / self.vm),
             "disk": str(self.disk),
@@ -431,15 +488,41 @@ class VirtualBoxDriver(Driver):
 def validate_options(options: VirtualBoxOptions) -> None:
     if options.backend not in BACKENDS:
         raise DriverError(f"Unknown VirtualBox backend '{options.backend}'", "Use -o backend=auto, api or vboxmanage")
-    if options.nic_type not in NIC_TYPES:
-        raise DriverError(f"Unknown network adapter model '{options.nic_type}'", f"Use -o nic-type=NAME, NAME one of {', '.join(NIC_TYPES)}")
+    if options.nic_type != "auto" and options.nic_type not in NIC_TYPES:
+        raise DriverError(f"Unknown network adapter model '{options.nic_type}'", f"Use -o nic-type=NAME, NAME one of auto, {', '.join(NIC_TYPES)}")
 
 
-def choose_backend(options: VirtualBoxOptions, runner: Runner, api: Any, retry_pause: float) -> tuple[Backend, str]:
+def nic_type_for(options: VirtualBoxOptions, arch: str) -> str:
+    """The NAT adapter's model for a guest of `arch`; the ARM platform has no PCnet."""
+    if options.nic_type == "auto":
+        return DEFAULT_NIC_TYPES[arch]
+    if arch == ARM64 and options.nic_type not in ARM_NIC_TYPES:
+        raise DriverError(
+            f"VirtualBox's ARM platform has no {options.nic_type} network adapter (it has {', '.join(ARM_NIC_TYPES)})",
+            "Use -o nic-type=virtio, or leave -o nic-type out",
+        )
+    return options.nic_type
+
+
+def runs_arm(version: str) -> bool:
+    """True if VirtualBox `version` ("7.1.6r167084") has the ARM platform."""
+    found = re.match(r"(\d+)\.(\d+)", version)
+    return found is not None and (int(found.group(1)), int(found.group(2))) >= ARM_MIN_VERSION
+
+
+def choose_backend(options: VirtualBoxOptions, runner: Runner, api: Any, retry_pause: float, arch: str = AMD64) -> tuple[Backend, str]:
     """The backend the options ask for, and why it was chosen."""
     program = options.vboxmanage or "VBoxManage"
     if options.backend == "vboxmanage":
         return VBoxManageBackend(runner, program, retry_pause), "asked for with -o backend=vboxmanage"
+    if arch == ARM64:
+        # pyvbox was generated against the 6.1 API: no IPlatform, so no ARM VMs.
+        if options.backend == "api":
+            raise DriverError(
+                "The VirtualBox API backend cannot make arm64 VMs: pyvbox speaks the VirtualBox 6.1 API, which has no ARM platform",
+                "Pass -o backend=vboxmanage",
+            )
+        return VBoxManageBackend(runner, program, retry_pause), "VBoxManage, because pyvbox speaks the VirtualBox 6.1 API, which has no ARM platform for this arm64 guest"
     try:
         pyvbox, vbox = connect(api)
     except ApiUnavailable as exc:
@@ -486,7 +569,10 @@ def _forward_of(rule: NatRule) -> PortForward:
 
 
 def _accelerator() -> str:
-    """What VirtualBox will use: it needs VT-x or AMD-V (6.1 and later refuse to run without)."""
+    """What VirtualBox will use: it needs VT-x or AMD-V (6.1 and later refuse to run without),
+    or on an arm64 host the CPU's own virtualization (Hypervisor.framework on macOS)."""
+    if host_arch() == ARM64:
+        return "ARM virtualization (VirtualBox 7.1+ ARM platform)"
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:

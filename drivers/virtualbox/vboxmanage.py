@@ -3,6 +3,21 @@
 VBoxManage reports failures as `VBoxManage: error: TEXT` lines on stderr, followed by
 `Details: code NAME (0x...)` and `Context: ...`. Some paths print them and still exit 0,
 so any stderr line containing `error:` is a failure whatever the exit status.
+
+Two platforms (VirtualBox 7.1+ has both; an ARM host runs only ARM VMs, an x86 host
+only x86 ones):
+
+- x86 (amd64 guests) is docker-machine's VM: BIOS, PIIX3, a SATA controller, the
+  16550A UART at 0x3F8.
+- ARM (arm64 guests) is made with `createvm --platform-architecture=arm` and given what
+  that platform takes: the armv8virtual chipset, EFI (VirtualBox has no BIOS for ARM), the
+  QEMU ramfb display, USB (xHCI) keyboard and mouse, a virtio-net NAT adapter, and a
+  virtio-scsi controller for the DVDs and the disk (its configuration knows AHCI,
+  virtio-scsi, NVMe and USB storage; IDE is x86 only). None of the x86-only settings:
+  modifyvm refuses --hwvirtex, --nestedpaging, --pae ... on an ARM VM. The serial port
+  is set as on x86: on ARM, VirtualBox puts its first serial port on a PL011 UART at
+  MMIO 0x09000000 (the guest's ttyAMA0) whatever I/O base and IRQ it is given, and the
+  I/O base must still lie within 0..0xFFFF.
 """
 
 from __future__ import annotations
@@ -14,6 +29,14 @@ from pymachine.errors import CommandFailed
 from pymachine.runner import Completed, Runner
 
 from .backend import NatRule, VBoxFailure, VMInfo, VMLayout, with_retries
+
+#: docker-machine's guest OS type ("Linux 2.6 / 3.x / 4.x / 5.x (64-bit)"), an x86 one.
+X86_OSTYPE = "Linux26_64"
+#: VirtualBox's guest OS type for the arm64 guest (chef/bento's Debian 12 aarch64 boxes
+#: use it; VirtualBox 7.1 lists "Debian 12 Bookworm (ARM 64-bit)" under this id).
+ARM_OSTYPE = "Debian12_arm64"
+#: The controller the ARM VM's DVDs and disk hang off.
+ARM_CONTROLLER = "VirtIO"
 
 _CODE = re.compile(r"[Cc]ode (\w+) \((0x[0-9a-fA-F]+)\)")
 _ERROR_PREFIX = re.compile(r"^.*?error:\s*")
@@ -62,11 +85,42 @@ class VBoxManageBackend:
         return parse_machinereadable(out)
 
     def create(self, layout: VMLayout) -> None:
+        if layout.arch == "arm64":
+            self._create_arm(layout)
+        else:
+            self._create_x86(layout)
+        for name, host_path, writable in layout.shares:
+            self.run("sharedfolder", "add", layout.name, "--name", name, "--hostpath", host_path, *([] if writable else ["--readonly"]))
+
+    def _create_arm(self, layout: VMLayout) -> None:
         vm = layout.name
-        self.run("createvm", "--basefolder", str(layout.base_folder), "--name", vm, "--register")
+        self.run("createvm", "--name", vm, "--basefolder", str(layout.base_folder), "--platform-architecture=arm", "--register")
         self.run(
             "modifyvm", vm,
-            "--firmware", "bios", "--ostype", "Linux26_64",
+            f"--ostype={ARM_OSTYPE}", "--chipset=armv8virtual", "--firmware=efi",
+            f"--cpus={layout.cpus}", f"--memory={layout.memory_mb}", "--rtcuseutc=on",
+            "--graphicscontroller=qemuramfb", "--usb-xhci=on", "--mouse=usb", "--keyboard=usb",
+        )  # fmt: skip
+        self.run(
+            "modifyvm", vm,
+            "--nic1=nat", f"--nictype1={layout.nic_type}", "--cableconnected1=on",
+            "--natdnsproxy1=on", "--nat-localhostreachable1=on",
+        )  # fmt: skip
+        # The guest's console goes to a file, so `pymachine logs` works as with QEMU.
+        self.run("modifyvm", vm, "--uart1", "0x3F8", "4", "--uartmode1", "file", str(layout.serial_log))
+        self._add_rules(vm, layout.rules)
+        self.run("storagectl", vm, "--name", ARM_CONTROLLER, "--add", "virtio-scsi", "--hostiocache", "on" if layout.host_io_cache else "off")
+        self._attach_media(vm, ARM_CONTROLLER, layout)
+
+    def _create_x86(self, layout: VMLayout) -> None:
+        vm = layout.name
+        # The OS type pins the platform: VirtualBox 7.1+ otherwise gives a new VM the host's,
+        # and an amd64 machine on an ARM host would fail at the first x86 setting instead of
+        # being refused, in VirtualBox's own words, at startvm.
+        self.run("createvm", "--basefolder", str(layout.base_folder), "--name", vm, "--ostype", X86_OSTYPE, "--register")
+        self.run(
+            "modifyvm", vm,
+            "--firmware", "bios", "--ostype", X86_OSTYPE,
             "--cpus", str(layout.cpus), "--memory", str(layout.memory_mb),
             "--acpi", "on", "--ioapic", "on", "--rtcuseutc", "on", "--natdnsproxy1", "on",
             "--hwvirtex", "on", "--nestedpaging", "on",
@@ -75,18 +129,23 @@ class VBoxManageBackend:
         self.run("modifyvm", vm, "--nic1", "nat", "--nictype1", layout.nic_type, "--cableconnected1", "on")
         # The guest's console goes to a file, so `pymachine logs` works as with QEMU.
         self.run("modifyvm", vm, "--uart1", "0x3F8", "4", "--uartmode1", "file", str(layout.serial_log))
-        rules: list[str] = []
-        for rule in layout.rules:
-            rules += ["--natpf1", rule.spec()]
-        if rules:
-            self.run("modifyvm", vm, *rules)
+        self._add_rules(vm, layout.rules)
         self.run("storagectl", vm, "--name", "SATA", "--add", "sata", "--hostiocache", "on" if layout.host_io_cache else "off")
-        self.run("storageattach", vm, "--storagectl", "SATA", "--port", "0", "--device", "0", "--type", "dvddrive", "--medium", str(layout.boot_iso))
+        self._attach_media(vm, "SATA", layout)
+
+    def _add_rules(self, vm: str, rules: list[NatRule]) -> None:
+        args: list[str] = []
+        for rule in rules:
+            args += ["--natpf1", rule.spec()]
+        if args:
+            self.run("modifyvm", vm, *args)
+
+    def _attach_media(self, vm: str, controller: str, layout: VMLayout) -> None:
+        """The boot ISO on port 0 (a DVD), the data disk on port 1, the config medium on port 2 (a DVD)."""
+        self.run("storageattach", vm, "--storagectl", controller, "--port", "0", "--device", "0", "--type", "dvddrive", "--medium", str(layout.boot_iso))
         self.run("createmedium", "disk", f"--filename={layout.disk}", f"--size={layout.disk_mb}", "--format=VDI")
-        self.run("storageattach", vm, "--storagectl", "SATA", "--port", "1", "--device", "0", "--type", "hdd", "--medium", str(layout.disk))
-        self.run("storageattach", vm, "--storagectl", "SATA", "--port", "2", "--device", "0", "--type", "dvddrive", "--medium", str(layout.config_medium))
-        for name, host_path, writable in layout.shares:
-            self.run("sharedfolder", "add", vm, "--name", name, "--hostpath", host_path, *([] if writable else ["--readonly"]))
+        self.run("storageattach", vm, "--storagectl", controller, "--port", "1", "--device", "0", "--type", "hdd", "--medium", str(layout.disk))
+        self.run("storageattach", vm, "--storagectl", controller, "--port", "2", "--device", "0", "--type", "dvddrive", "--medium", str(layout.config_medium))
 
     def start(self, vm: str) -> None:
         self.run("startvm", vm, "--type", "headless")

@@ -13,6 +13,13 @@ global to the network, `--nat-tcp-add NAME,SRC_PORT,VM_ID,DEST_PORT`, a duplicat
 is `The rule with 'NAME' name already exists!`, and `prlsrvctl net info Shared --json`
 lists them under "NAT server" / "TCP rules" / "UDP rules" by name with "source port",
 "destination IP/VM id" and "destination port".
+
+The statuses are prlctl's own words, from vmstate2str() in prlctl's sources
+(OpenVZ/prlctl src/Utils.cpp), not the driver's tables. The host has an architecture
+("x86" for an Intel Mac, "arm" for Apple Silicon); a VM gets the host's at create
+(prlctl list -i shows it as Hardware/cpu/type, "arm" on Apple Silicon, and an ARM VM's
+"BIOS type" is "efi-arm64"). A VM made on the other kind of Mac does not start, and a VM
+that starts boots only what its firmware can start from its CDs (see bootmedia.py).
 """
 
 from __future__ import annotations
@@ -26,7 +33,41 @@ from pathlib import Path
 from typing import Any
 
 STATE_ENV = "PYMACHINE_FAKE_PARALLELS"
-LIVE_STATUSES = {"running", "paused", "stopping", "starting", "suspending", "resuming", "pausing", "restoring", "continuing", "resetting"}
+#: Every word `prlctl list --output status` can print, by the SDK state it names
+#: (vmstate2str in OpenVZ/prlctl src/Utils.cpp; "unknown" is its fallback).
+VM_STATE_WORDS = {
+    "VMS_STOPPED": "stopped",
+    "VMS_STARTING": "starting",
+    "VMS_RESTORING": "restoring",
+    "VMS_RUNNING": "running",
+    "VMS_PAUSED": "paused",
+    "VMS_RESETTING": "resetting",
+    "VMS_PAUSING": "pausing",
+    "VMS_SUSPENDING": "suspending",
+    "VMS_STOPPING": "stopping",
+    "VMS_COMPACTING": "compacting",
+    "VMS_SUSPENDED": "suspended",
+    "VMS_SNAPSHOTING": "snapshoting",
+    "VMS_CONTINUING": "continuing",
+    "VMS_MIGRATING": "migrating",
+    "VMS_DELETING_STATE": "del_snapshot",
+    "VMS_RESUMING": "resuming",
+    "VMS_SUSPENDING_SYNC": "syncing",
+    "VMS_UNKNOWN": "invalid",
+    "VMS_RECONNECTING": "reconnecting",
+    "VMS_MOUNTED": "mounted",
+    None: "unknown",
+}
+#: The fake's own model of prlctl: the states in which a VM process is up, so `prlctl
+#: start` says it already runs and `prlctl stop` acts. Taken from what the SDK states mean
+#: (libvirt's vz driver gives these a domain id; suspended, del_snapshot, syncing, mounted,
+#: compacting and stopped have none).
+PROCESS_STATES = {
+    "starting", "restoring", "running", "paused", "resetting", "pausing", "suspending", "stopping",
+    "snapshoting", "continuing", "migrating", "resuming", "reconnecting",
+}  # fmt: skip
+#: The architectures a Parallels host can be: an Intel Mac, or Apple Silicon.
+HOST_ARCHES = ("x86", "arm")
 
 DEFAULT_FAULTS: dict[str, Any] = {
     "login_failed": 0,  # the next N calls cannot reach the Parallels service
@@ -46,10 +87,14 @@ class FakeParallels:
     def from_environment(cls) -> FakeParallels:
         return cls(os.environ[STATE_ENV])
 
-    def initialise(self, version: str = "18.1.1 (53328)", edition: str = "pro", **faults: Any) -> FakeParallels:
+    def initialise(self, version: str = "18.1.1 (53328)", edition: str = "pro", host_arch: str = "x86", **faults: Any) -> FakeParallels:
+        """A fresh host: an Intel Mac (`host_arch` "x86") or Apple Silicon ("arm")."""
+        if host_arch not in HOST_ARCHES:
+            raise ValueError(f"host_arch is x86 or arm, not {host_arch!r}")
         data = {
             "version": version,
             "edition": edition,
+            "host_arch": host_arch,
             "vms": [],
             "networks": {
                 "Shared": {"type": "shared", "bound_to": "vnic0", "ip": "10.211.55.2", "tcp": {}, "udp": {}},
@@ -102,15 +147,35 @@ class FakeParallels:
             data["networks"][network][protocol][name] = {"source port": src_port, "destination IP/VM id": dest, "destination port": dest_port}
 
     def forward_works(self, name: str, protocol: str, host_port: int, guest_port: int, network: str = "Shared") -> bool:
-        """What the real host would show: a running VM that a rule of that port points at."""
+        """What the real host would show: a running VM whose guest booted, that a rule of
+        that port points at. A VM that booted nothing answers on no port."""
         vm = self.vm(name)
-        if vm is None or vm["status"] != "running":
+        if vm is None or vm["status"] != "running" or not vm.get("booted"):
             return False
         ids = {vm["uuid"], vm["uuid"].strip("{}")}
         return any(
             rule["source port"] == host_port and rule["destination port"] == guest_port and rule["destination IP/VM id"] in ids
             for rule in self.rules(network)[protocol].values()
         )
+
+    def console(self, name: str) -> str:
+        """What the VM's serial port (its output file) has received."""
+        vm = self.vm(name) or {"devices": {}}
+        text = ""
+        for device in vm["devices"].values():
+            if device["kind"] == "serial" and device.get("output"):
+                try:
+                    text += Path(device["output"]).read_text()
+                except OSError:
+                    pass
+        return text
+
+    def set_cpu_type(self, name: str, cpu_type: str) -> None:
+        """As if the VM's bundle had been made on the other kind of Mac and registered here."""
+        with self.transaction() as data:
+            for vm in data["vms"]:
+                if vm["name"] == name:
+                    vm["cpu_type"] = cpu_type
 
     def calls(self) -> list[list[str]]:
         if not self.log_path.exists():

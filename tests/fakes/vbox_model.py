@@ -12,6 +12,13 @@ that runs ("is already locked for a session (or being unlocked)"), LaunchVMProce
 a VM that runs ("is already locked by a session (or being locked or unlocked)"),
 FindMachine ("Could not find a registered machine named '...'"), the transient
 "The object is not ready" (E_ACCESSDENIED), and the short VMState names.
+
+The host has an architecture ("x86" or "arm", VirtualBox's PlatformArchitecture names)
+and each VM a platform. As VirtualBox 7.1 does, an ARM host creates x86 VMs but will
+not run them ("Cannot run the machine because its platform architecture x86 is not
+supported on ARM", VBOX_E_PLATFORM_ARCH_NOT_SUPPORTED, seen in user reports of
+startvm). A VM that starts boots only what its firmware can start from its DVDs (see
+bootmedia.py); otherwise its console says so and nothing answers on its forwards.
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ VBOX_E_INVALID_VM_STATE = 0x80BB0002
 VBOX_E_FILE_ERROR = 0x80BB0004
 VBOX_E_INVALID_OBJECT_STATE = 0x80BB0007
 VBOX_E_OBJECT_IN_USE = 0x80BB000C
+VBOX_E_PLATFORM_ARCH_NOT_SUPPORTED = 0x80BB0012
+NS_ERROR_FAILURE = 0x80004005
 
 #: How VBoxManage on Linux and macOS (XPCOM) names the result codes.
 CODE_NAMES = {
@@ -46,6 +55,8 @@ CODE_NAMES = {
     VBOX_E_FILE_ERROR: "VBOX_E_FILE_ERROR",
     VBOX_E_INVALID_OBJECT_STATE: "VBOX_E_INVALID_OBJECT_STATE",
     VBOX_E_OBJECT_IN_USE: "VBOX_E_OBJECT_IN_USE",
+    VBOX_E_PLATFORM_ARCH_NOT_SUPPORTED: "VBOX_E_PLATFORM_ARCH_NOT_SUPPORTED",
+    NS_ERROR_FAILURE: "NS_ERROR_FAILURE",
 }
 #: What VBoxManage adds when a failure carries no text ("extended info not available").
 CODE_DESCRIPTIONS = {E_INVALIDARG: "Invalid argument value", E_ACCESSDENIED: "Access denied"}
@@ -67,6 +78,24 @@ LIVE_STATES = {
     "saving",
     "restoring",
 }
+
+#: PlatformArchitecture as VirtualBox prints it in its messages (Global::stringify...).
+PLATFORM_NAMES = {"x86": "x86", "arm": "ARM"}
+#: The controllers the ARM platform's VM configuration knows (ConsoleImplConfigArmV8.cpp:
+#: USB, IntelAhci, VirtioSCSI, NVMe); IDE, the SCSI HBAs, SAS and floppy are x86 only.
+ARM_CONTROLLER_TYPES = {"IntelAhci", "VirtioSCSI", "NVMe", "USB"}
+#: The NICs it knows (ibid.: the e1000 family and virtio-net); PCnet and the others are x86 only.
+ARM_NIC_TYPES = {"82540EM", "82543GC", "82545EM", "virtio"}
+#: NetworkAdapterType numbers (VirtualBox.xidl), for the ARM configuration's error text.
+NIC_TYPE_NUMBERS = {"Am79C970A": 1, "Am79C973": 2, "82540EM": 3, "82543GC": 4, "82545EM": 5, "virtio": 6, "Am79C960": 7}
+#: What the firmware shows on the console when nothing on the DVDs boots. The BIOS line
+#: is VirtualBox's BIOS; the EFI line is EDK2's boot manager. UNVERIFIED: the exact words
+#: that reach the serial port on a real VirtualBox.
+NO_BOOT_BIOS = "FATAL: No bootable medium found! System halted."
+NO_BOOT_EFI = "BdsDxe: No bootable option or device was found."
+#: UNVERIFIED: an ARM VM left with BIOS firmware (createvm's default) has nothing to run;
+#: VirtualBox has no BIOS for ARM, and the text is this fake's.
+NO_FIRMWARE_ARM = "No BIOS firmware exists for the ARM platform: set --firmware=efi."
 
 DEFAULT_FAULTS: dict[str, Any] = {
     "not_ready": 0,  # the next N machine operations fail with "The object is not ready"
@@ -104,6 +133,11 @@ class Host:
     @property
     def version(self) -> str:
         return self.data["version"]
+
+    @property
+    def arch(self) -> str:
+        """The host's architecture: "x86" or "arm"."""
+        return self.data.get("host_arch", "x86")
 
     @property
     def faults(self) -> dict[str, Any]:
@@ -144,8 +178,9 @@ class Host:
         machine["state_changed"] = time.strftime("%Y-%m-%dT%H:%M:%S.000000000", time.gmtime())
         if state not in LIVE_STATES:
             machine["acpi_pressed"] = None
+            machine["booted"] = False
 
-    def new_machine(self, name: str, base_folder: str, ostype: str = "Other") -> dict[str, Any]:
+    def new_machine(self, name: str, base_folder: str, ostype: str = "Other", platform: str = "x86") -> dict[str, Any]:
         """createMachine: an unregistered machine with VirtualBox's defaults."""
         if not name:
             raise VBoxFault(E_INVALIDARG, "Machine name is invalid", "VirtualBoxWrap", "IVirtualBox")
@@ -156,6 +191,13 @@ class Host:
             "name": name,
             "uuid": str(uuid.uuid4()),
             "settings_file": str(settings),
+            "platform": platform,
+            "chipset": "armv8virtual" if platform == "arm" else "piix3",
+            "graphics": "vboxvga",
+            "usb": {"ohci": "off", "ehci": "off", "xhci": "off"},
+            "mouse": "ps2mouse",
+            "keyboard": "ps2kbd",
+            "booted": False,
             "ostype": ostype or "Other",
             "state": "poweroff",
             "state_changed": time.strftime("%Y-%m-%dT%H:%M:%S.000000000", time.gmtime()),
@@ -169,7 +211,7 @@ class Host:
             "nestedpaging": "on",
             "biosbootmenu": "messageandmenu",
             "boot": ["floppy", "dvd", "disk", "none"],
-            "nics": {"1": {"attachment": "nat", "type": "Am79C973", "cable": "on", "dnsproxy": "off", "mac": _mac(), "rules": []}},
+            "nics": {"1": {"attachment": "nat", "type": "Am79C973", "cable": "on", "dnsproxy": "off", "localhostreachable": "off", "mac": _mac(), "rules": []}},
             "uarts": {},
             "controllers": {},
             "acpi_pressed": None,
@@ -198,15 +240,80 @@ class Host:
     def has_console(self, machine: dict[str, Any]) -> bool:
         return machine["state"] in LIVE_STATES
 
+    def check_platform(self, platform: str, action: str = "run") -> None:
+        """LaunchVMProcess refuses a VM of another platform than the host's; and, UNVERIFIED,
+        createvm's SaveSettings refuses an ARM VM on an x86 host, whose build lacks the ARM
+        platform."""
+        if platform == self.arch:
+            return
+        if action == "create":
+            if platform == "x86":
+                return  # an ARM host makes x86 VMs (it lists x86 OS types) and refuses them at start
+            # An x86 host:
+            # PlatformImpl.cpp's i_saveSettings on a build without VBOX_WITH_VIRT_ARMV8.
+            # UNVERIFIED that an x86 release build takes this path at createvm.
+            raise VBoxFault(VBOX_E_PLATFORM_ARCH_NOT_SUPPORTED, f"Platform '{PLATFORM_NAMES[platform]}' not supported", "PlatformWrap", "IPlatform")
+        raise VBoxFault(
+            VBOX_E_PLATFORM_ARCH_NOT_SUPPORTED,
+            f"Cannot run the machine because its platform architecture {PLATFORM_NAMES[platform]} is not supported on {PLATFORM_NAMES[self.arch]}",
+            "MachineWrap",
+            "IMachine",
+        )
+
+    def _check_arm_devices(self, machine: dict[str, Any]) -> None:
+        """What the ARM platform's VM configuration refuses (ConsoleImplConfigArmV8.cpp)."""
+        for slot, nic in sorted(machine["nics"].items()):
+            if nic["attachment"] != "none" and nic["type"] not in ARM_NIC_TYPES:
+                number = NIC_TYPE_NUMBERS.get(nic["type"], 0)
+                raise VBoxFault(NS_ERROR_FAILURE, f"Invalid/Unsupported network adapter type '{number}' for slot '{int(slot) - 1}' (VERR_INVALID_PARAMETER)", "ConsoleWrap", "IConsole")
+        for name, controller in machine["controllers"].items():
+            if controller["type"] not in ARM_CONTROLLER_TYPES:
+                # The configuration asserts "invalid storage controller type"; the words
+                # that reach VBoxManage are UNVERIFIED.
+                text = f"Invalid storage controller type for the ARM platform: {controller['type']} (controller '{name}') (VERR_MAIN_CONFIG_CONSTRUCTOR_IPE)"
+                raise VBoxFault(NS_ERROR_FAILURE, text, "ConsoleWrap", "IConsole")
+
+    def firmware_kind(self, machine: dict[str, Any]) -> str | None:
+        """What the VM's firmware boots: "bios", "efi-x64", "efi-aa64"; None for none."""
+        efi = machine["firmware"].startswith("EFI")
+        if machine.get("platform", "x86") == "arm":
+            return "efi-aa64" if efi else None
+        return "efi-x64" if efi else "bios"
+
+    def boot_medium(self, machine: dict[str, Any]) -> str | None:
+        """The first DVD, by controller and port, that the firmware can start."""
+        kind = self.firmware_kind(machine)
+        if kind is None:
+            return None
+        # Imported here: most VBoxManage calls never boot anything, and each is a new process.
+        try:
+            from .bootmedia import boot_medium_kind
+        except ImportError:  # run by the fake VBoxManage, with tests/fakes itself on sys.path
+            from bootmedia import boot_medium_kind  # type: ignore[no-redef]
+        for controller in machine["controllers"].values():
+            for _, attachment in sorted(controller["attachments"].items()):
+                if attachment["type"] == "dvddrive" and boot_medium_kind(attachment["medium"], kind):
+                    return attachment["medium"]
+        return None
+
     def start(self, machine: dict[str, Any]) -> None:
         if machine["state"] in LIVE_STATES:
             raise VBoxFault(VBOX_E_INVALID_OBJECT_STATE, f"The machine '{machine['name']}' is already locked by a session (or being locked or unlocked)", "MachineWrap", "IMachine")
+        self.check_platform(machine.get("platform", "x86"))
+        if machine.get("platform") == "arm":
+            self._check_arm_devices(machine)
         for controller in machine["controllers"].values():
             for attachment in controller["attachments"].values():
                 if not Path(attachment["medium"]).exists():
                     path = attachment["medium"]
                     raise VBoxFault(VBOX_E_FILE_ERROR, f"Could not open the medium '{path}'. VD: error VERR_FILE_NOT_FOUND opening image file '{path}' (VERR_FILE_NOT_FOUND)", "MediumWrap", "IMedium")
         self.set_state(machine, "running")
+        if self.boot_medium(machine) is None:
+            # The VM runs, but its firmware found nothing to start: no guest, no SSH.
+            kind = self.firmware_kind(machine)
+            self._serial(machine, NO_FIRMWARE_ARM if kind is None else NO_BOOT_BIOS if kind == "bios" else NO_BOOT_EFI)
+            return
+        machine["booted"] = True
         self._serial(machine, f"Linux version 6.1.0 (fake VirtualBox guest {machine['name']})")
         # What the pymachine boot image prints on its console once SSH is up.
         self._serial(machine, f"pymachine: ready hostname={machine['name']} ip=10.0.2.15 ssh=22 data=/dev/sda")
@@ -262,7 +369,7 @@ class Host:
     def add_controller(self, machine: dict[str, Any], name: str, bus: str) -> dict[str, Any]:
         if name in machine["controllers"]:
             raise VBoxFault(VBOX_E_OBJECT_IN_USE, f"Storage controller named '{name}' already exists", "MachineWrap", "IMachine")
-        types = {"sata": "IntelAhci", "ide": "PIIX4", "scsi": "LsiLogic", "sas": "LsiLogicSas", "virtio": "VirtioSCSI", "pcie": "NVMe"}
+        types = {"sata": "IntelAhci", "ide": "PIIX4", "scsi": "LsiLogic", "sas": "LsiLogicSas", "virtio": "VirtioSCSI", "virtio-scsi": "VirtioSCSI", "pcie": "NVMe", "usb": "USB", "floppy": "I82078"}
         controller = {"bus": bus, "type": types.get(bus, "IntelAhci"), "hostiocache": "off", "attachments": {}}
         machine["controllers"][name] = controller
         return controller
@@ -357,9 +464,11 @@ class FakeVirtualBox:
     def from_environment(cls) -> FakeVirtualBox:
         return cls(os.environ[STATE_ENV])
 
-    def initialise(self, version: str = "6.1.50", revision: str = "161033", **faults: Any) -> FakeVirtualBox:
-        """Write a fresh host: no VMs, no media, the given faults."""
-        data = {"version": version, "revision": revision, "machines": [], "media": {}, "faults": {**DEFAULT_FAULTS, **faults}}
+    def initialise(self, version: str = "6.1.50", revision: str = "161033", host_arch: str = "x86", **faults: Any) -> FakeVirtualBox:
+        """Write a fresh host of `host_arch` ("x86" or "arm"): no VMs, no media, the given faults."""
+        if host_arch not in PLATFORM_NAMES:
+            raise ValueError(f"host_arch is x86 or arm, not {host_arch!r}")
+        data = {"version": version, "revision": revision, "host_arch": host_arch, "machines": [], "media": {}, "faults": {**DEFAULT_FAULTS, **faults}}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(data, indent=1))
         self.log_path.write_text("")
@@ -407,15 +516,25 @@ class FakeVirtualBox:
             host.add_rule(machine, "1", rule)
 
     def forward_works(self, name: str, protocol: str, host_port: int, guest_port: int) -> bool:
-        """What the real host would show: a running VM with that rule carries the traffic."""
+        """What the real host would show: a running VM whose guest booted, with that rule,
+        carries the traffic. A VM that booted nothing answers on no port."""
         machine = self.machine(name)
-        if machine is None or machine["state"] != "running":
+        if machine is None or machine["state"] != "running" or not machine.get("booted"):
             return False
         return any(
             r["proto"] == protocol and r["host_port"] == host_port and r["guest_port"] == guest_port
             for nic in machine["nics"].values()
             for r in nic["rules"]
         )
+
+    def console(self, name: str) -> str:
+        """What the VM's serial console (uart 1 in file mode) has received."""
+        machine = self.machine(name)
+        uart = (machine or {}).get("uarts", {}).get("1") or {}
+        try:
+            return Path(uart.get("path", "")).read_text() if uart.get("path") else ""
+        except OSError:
+            return ""
 
     def calls(self) -> list[list[str]]:
         """Every argv the fake VBoxManage received, in order, program name first."""
