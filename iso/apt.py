@@ -124,13 +124,17 @@ class DebianArchive:
         opts += [f"APT::Architectures::={arch}" for arch in self.arches]
         return [word for opt in opts for word in ("-o", opt)]
 
-    def prepare(self) -> None:
-        """Write the configuration; fetch the package lists when there are none yet."""
+    def require_tools(self) -> None:
+        """apt-get, apt-cache and dpkg-deb, and Debian's keyring, or a one-line ImageError."""
         for tool in ("apt-get", "apt-cache", "dpkg-deb"):
             if self.runner.which(tool) is None:
                 raise ImageError(f"`{tool}` is not installed", NEEDS_DEBIAN)
         if not Path(KEYRING).is_file():
             raise ImageError(f"Debian's archive keyring {KEYRING} is missing", "Run `sudo apt-get install debian-archive-keyring`")
+
+    def prepare(self) -> None:
+        """Write the configuration; fetch the package lists when there are none yet."""
+        self.require_tools()
         (self.root / "lists" / "partial").mkdir(parents=True, exist_ok=True)
         (self.root / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
         wanted = self.sources()

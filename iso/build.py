@@ -205,10 +205,11 @@ class ImageBuilder:
                 return done
         lock = read_lock(self.lock_path)
         self._check_lock_covers_recipe(lock)
-        self.output.mkdir(parents=True, exist_ok=True)
+        self.archive.require_tools()
         with self.progress.step(f"Fetching {len(lock)} Debian {recipe.SUITE} packages ({self.arch})"):
             self.archive.prepare()
             debs = self.fetch(lock)
+        self.output.mkdir(parents=True, exist_ok=True)
         with self.progress.step("Unpacking packages"):
             trees = {name: self.extract(name, deb) for name, deb in debs.items()}
         kernel = kernel_package(lock, self.target.kernel_metapackage)

@@ -105,7 +105,7 @@ def test_the_wheel_claims_the_pymachine_import_name_alone(tmp_path: Path) -> Non
     tops = {name.split("/", 1)[0] for name in zipfile.ZipFile(wheel).namelist()}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"pymachine"}
     names = zipfile.ZipFile(wheel).namelist()
-    assert "pymachine/drivers/qemu.py" in names and "pymachine/iso/packages.lock" in names
+    assert "pymachine/drivers/qemu.py" in names and "pymachine/iso/packages-arm64.lock" in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "pymachine = pymachine.cli.main:main" in entry_points
     assert f"[{ENTRY_POINT_GROUP}]" in entry_points

@@ -3,6 +3,7 @@ the inputs hash, the up-to-date check, kernel module metadata and missing tools.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import lzma
@@ -23,7 +24,6 @@ from pymachine.iso import build as build_module
 from pymachine.iso import recipe
 from pymachine.iso.archive import Entry, cpio_newc, tar_bytes
 from pymachine.iso.build import (
-    LOCK_PATH,
     ImageBuilder,
     LockedPackage,
     _interpreter,
@@ -31,8 +31,8 @@ from pymachine.iso.build import (
     artifact_names,
     extract_vmlinux,
     kernel_package,
+    lock_path,
     read_lock,
-    wanted_packages,
 )
 from pymachine.iso.elf import has_pvh_entry, is_elf, needed_libraries
 from pymachine.runner import Runner
@@ -245,6 +245,12 @@ def test_extract_vmlinux() -> None:
     vmlinux = make_elf([(4, 0, xen_pvh_note())], tail=b"kernel text" * 100)
     packed = b"\x4d\x5a" + b"\0" * 500 + lzma.compress(vmlinux, format=lzma.FORMAT_XZ) + b"\0" * 32
     assert extract_vmlinux(packed) == vmlinux
+    # Debian 13's kernels are zstd-packed.
+    import zstandard
+
+    zpacked = b"\x4d\x5a" + b"\0" * 500 + zstandard.ZstdCompressor().compress(vmlinux) + b"\0" * 32
+    assert extract_vmlinux(zpacked) == vmlinux
+    assert extract_vmlinux(b"MZ" + b"\x28\xb5\x2f\xfd" + b"not zstd") is None
 
 
 # -- the lock ------------------------------------------------------------------------
@@ -278,20 +284,29 @@ def test_read_lock_of_a_missing_file(tmp_path: Path) -> None:
         read_lock(tmp_path / "nope.lock")
 
 
-def test_the_shipped_lock_covers_the_recipe() -> None:
-    lock = read_lock(LOCK_PATH)
-    assert set(wanted_packages()) <= set(lock)
-    assert kernel_package(lock).name.startswith("linux-image-6.")
+@pytest.mark.parametrize("arch", sorted(recipe.TARGETS))
+def test_the_shipped_locks_cover_the_recipe(arch: str) -> None:
+    target = recipe.TARGETS[arch]
+    lock = read_lock(lock_path(arch))
+    assert set(recipe.wanted_packages(target)) <= set(lock)
+    kernel = kernel_package(lock, target.kernel_metapackage)
+    assert kernel.name.startswith("linux-image-6.12.") and kernel.name.endswith(f"-{arch}")
+    assert lock["docker.io"].version.startswith("26.1.5")
     for package in lock.values():
         assert re.fullmatch(r"[0-9a-f]{64}", package.sha256), package
 
 
+def test_only_arm64_carries_the_x86_64_emulator_and_only_amd64_isolinux() -> None:
+    assert "qemu-user" in read_lock(lock_path("arm64")) and "qemu-user" not in read_lock(lock_path("amd64"))
+    assert "isolinux" in read_lock(lock_path("amd64")) and "isolinux" not in read_lock(lock_path("arm64"))
+
+
 def test_kernel_package_wants_exactly_one_kernel() -> None:
     with pytest.raises(ImageError, match="exactly one"):
-        kernel_package({"zstd": LockedPackage("zstd", "1", SHA)})
+        kernel_package({"zstd": LockedPackage("zstd", "1", SHA)}, "linux-image-amd64")
     two = {n: LockedPackage(n, "1", SHA) for n in ("linux-image-6.1.0-1-amd64", "linux-image-6.1.0-2-amd64")}
     with pytest.raises(ImageError, match="exactly one"):
-        kernel_package(two)
+        kernel_package(two, "linux-image-amd64")
 
 
 # -- inputs hash and the up-to-date check -------------------------------------------
@@ -302,15 +317,15 @@ def recipe_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, 
     """A copy of the guest files and the lock, so the test can change them."""
     rootfs = tmp_path / "rootfs"
     shutil.copytree(build_module.ROOTFS, rootfs, symlinks=True)
-    lock = tmp_path / "packages.lock"
-    shutil.copy2(LOCK_PATH, lock)
+    lock = tmp_path / "packages-amd64.lock"
+    shutil.copy2(lock_path("amd64"), lock)
     monkeypatch.setattr(build_module, "ROOTFS", rootfs)
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
     return rootfs, lock
 
 
 def builder(tmp_path: Path, lock: Path, name: str = "out") -> ImageBuilder:
-    return ImageBuilder(tmp_path / name, tmp_path / f"{name}-work", Runner(path=str(tmp_path / "no-tools")), lock_path=lock)
+    return ImageBuilder(tmp_path / name, tmp_path / f"{name}-work", Runner(path=str(tmp_path / "no-tools")), arch="amd64", lock=lock)
 
 
 def test_inputs_hash_follows_the_inputs_only(recipe_copy: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -358,7 +373,7 @@ def test_inputs_hash_follows_the_inputs_only(recipe_copy: tuple[Path, Path], tmp
 def fake_build(image_builder: ImageBuilder, inputs: str | None = None) -> dict:
     """What a finished build leaves in the output folder, without building anything."""
     image_builder.output.mkdir(parents=True)
-    names = artifact_names()
+    names = artifact_names("amd64")
     artifacts = {}
     for kind, data in [("iso", b"I" * 4096), ("kernel", b"K" * 100), ("initrd", b"R" * 200), ("engine", b"E" * 300)]:
         filename = names.get(kind, "docker-engine-20.10.24-amd64.tar.zst")
@@ -378,11 +393,11 @@ def test_current_returns_the_artifacts_when_everything_matches(recipe_copy: tupl
     _, lock = recipe_copy
     image_builder = builder(tmp_path, lock)
     manifest = fake_build(image_builder)
-    assert artifact_names()["manifest"] == manifest_name()
+    assert artifact_names("amd64")["manifest"] == manifest_name("amd64")
     found = image_builder.current()
     assert found is not None
     assert found.manifest == manifest
-    assert found.path("iso") == image_builder.output / artifact_names()["iso"]
+    assert found.path("iso") == image_builder.output / artifact_names("amd64")["iso"]
     assert found.path("engine").read_bytes() == b"E" * 300
     # build() does nothing then: not even look for apt-get.
     assert image_builder.build().manifest == manifest
@@ -393,13 +408,13 @@ def test_current_is_none_when_the_build_does_not_match(damage: str, recipe_copy:
     _, lock = recipe_copy
     image_builder = builder(tmp_path, lock)
     fake_build(image_builder, inputs="f" * 64 if damage == "inputs" else None)
-    iso = image_builder.output / artifact_names()["iso"]
+    iso = image_builder.output / artifact_names("amd64")["iso"]
     if damage == "size":
         iso.write_bytes(b"I" * 4095)
     elif damage == "missing":
         iso.unlink()
     elif damage == "json":
-        (image_builder.output / manifest_name()).write_text("{truncated")
+        (image_builder.output / manifest_name("amd64")).write_text("{truncated")
     assert image_builder.current() is None
 
 
@@ -412,7 +427,7 @@ def test_build_without_apt_get_says_what_to_do(recipe_copy: tuple[Path, Path], t
     message = str(caught.value)
     assert "\n" not in message
     assert message.startswith("`apt-get` is not installed.")
-    assert "Debian 12 (bookworm)" in message and "`pymachine create --iso URL`" in message
+    assert "needs a Debian host" in message and "README.md" in message
     assert not image_builder.output.exists()
     assert not image_builder.work.exists()
 
@@ -421,8 +436,9 @@ def test_build_without_dpkg_deb_names_it(recipe_copy: tuple[Path, Path], tmp_pat
     _, lock = recipe_copy
     tools = tmp_path / "no-tools"
     tools.mkdir()
-    (tools / "apt-get").write_text("#!/bin/sh\nexit 99\n")
-    (tools / "apt-get").chmod(0o755)
+    for tool in ("apt-get", "apt-cache"):
+        (tools / tool).write_text("#!/bin/sh\nexit 99\n")
+        (tools / tool).chmod(0o755)
     with pytest.raises(ImageError, match="^`dpkg-deb` is not installed"):
         builder(tmp_path, lock).build()
 
@@ -435,7 +451,7 @@ def test_image_build_command_without_apt_get_is_one_line(tmp_path: Path) -> None
     assert done.returncode == 1
     assert done.stdout == ""
     assert done.stderr.count("\n") == 1
-    assert done.stderr.startswith("Error: `apt-get` is not installed. Building the boot image needs a Debian 12 (bookworm) host")
+    assert done.stderr.startswith("Error: `apt-get` is not installed. Building the boot image needs a Debian host")
 
 
 # -- kernel modules ------------------------------------------------------------------
@@ -478,7 +494,8 @@ def test_kernel_modules_closure_with_softdeps(tmp_path: Path, monkeypatch: pytes
         (base / rel).write_bytes(blob)
     (base / "modules.builtin").write_text("kernel/lib/zlib_inflate.ko\n")
     monkeypatch.setattr(recipe, "KERNEL_MODULES", ["virtio-net", "libcrc32c", "crc32c_generic", "zlib_inflate"])
-    entries = {e.path: e for e in ImageBuilder(tmp_path / "o", tmp_path / "w")._kernel_modules(tmp_path / "linux", kver)}
+    monkeypatch.setitem(recipe.TARGETS, "amd64", dataclasses.replace(recipe.TARGETS["amd64"], modules_extra=()))
+    entries = {e.path: e for e in ImageBuilder(tmp_path / "o", tmp_path / "w", arch="amd64")._kernel_modules(base, kver)}
     root = f"lib/modules/{kver}"
     carried = sorted(p for p in entries if p.endswith(".ko"))
     assert carried == sorted(f"{root}/{rel}" for rel in modules if "unused" not in rel)
@@ -498,6 +515,7 @@ def test_a_module_missing_from_the_kernel_is_an_error(tmp_path: Path, monkeypatc
     base.mkdir(parents=True)
     (base / "modules.builtin").write_text("")
     monkeypatch.setattr(recipe, "KERNEL_MODULES", ["no_such_module"])
-    with pytest.raises(ImageError, match="kernel module no_such_module is not in linux") as caught:
-        ImageBuilder(tmp_path / "o", tmp_path / "w")._kernel_modules(tmp_path / "linux", kver)
+    monkeypatch.setitem(recipe.TARGETS, "amd64", dataclasses.replace(recipe.TARGETS["amd64"], modules_extra=()))
+    with pytest.raises(ImageError, match=f"kernel module no_such_module is not in kernel {kver}") as caught:
+        ImageBuilder(tmp_path / "o", tmp_path / "w", arch="amd64")._kernel_modules(base, kver)
     assert "KERNEL_MODULES in iso/recipe.py" in str(caught.value)
