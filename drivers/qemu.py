@@ -371,7 +371,9 @@ class QemuDriver(Driver):
     # -- helpers ----------------------------------------------------------------------
 
     def _pid(self) -> int | None:
-        return running_from(self.pidfile, "qemu")
+        # QEMU runs with -name pymachine-NAME: a PID reused by another program, even one
+        # whose path merely contains "qemu" (a checkout named wt-qemu-arm), is not ours.
+        return running_from(self.pidfile, f"pymachine-{self.spec.name}")
 
     def _qmp(self, timeout: float = 2.0) -> QMPClient:
         return QMPClient(self.control_socket, timeout=timeout)
