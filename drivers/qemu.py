@@ -170,7 +170,7 @@ class QemuDriver(Driver):
     # -- contract ---------------------------------------------------------------------
 
     @classmethod
-    def precheck(cls, runner: Runner, options: DriverOptions) -> None:
+    def precheck(cls, runner: Runner, options: DriverOptions, arch: str = "") -> None:
         assert isinstance(options, QemuOptions)
         runner.require(options.binary or "qemu-system-x86_64", INSTALL_HINT)
         runner.require("qemu-img", INSTALL_HINT)
