@@ -330,7 +330,7 @@ def resolve_firmware(runner: Runner, options: QemuOptions, arch: str, program: s
         raise DriverError("arm64 guests boot through UEFI: QEMU's virt machine has no BIOS", "Use -o firmware=auto, uefi, or the path of a UEFI code image")
     if wanted in ("auto", "uefi"):
         program = program or options.binary or system_program(arch)
-        return discover_uefi(runner, runner.which(program) or program, arch)
+        return discover_uefi(runner, binary_path(runner, program), arch)
     path = Path(wanted).expanduser()
     if not path.is_file():
         raise DriverError(f"The firmware {path} does not exist", "Fix -o firmware=PATH, or use -o firmware=uefi for the one QEMU's firmware descriptors name")
@@ -484,12 +484,12 @@ class QemuDriver(Driver):
                 notes.append(f"{arch} guests: `{system_program(arch)}` is not installed: {install_hint(arch)}")
             else:
                 notes.append(f"{arch} guests: emulated (TCG) by {system_program(arch)} {qemu_version(runner, other) or '(version unknown)'}")
-        if ARM64 in ARCHES:
-            try:
-                firmware = discover_uefi(runner, binary_path(runner, system_program(ARM64)), ARM64)
-                notes.append(f"arm64 UEFI firmware (for -o boot=cdrom): {firmware}")
-            except DriverError as exc:
-                notes.append(f"arm64 UEFI firmware (for -o boot=cdrom): {exc}")
+        # arm64 guests boot an ISO only through UEFI: say where it comes from, or what is missing.
+        try:
+            firmware = discover_uefi(runner, binary_path(runner, system_program(ARM64)), ARM64)
+            notes.append(f"arm64 UEFI firmware (for -o boot=cdrom): {firmware}")
+        except DriverError as exc:
+            notes.append(f"arm64 UEFI firmware (for -o boot=cdrom): {exc}")
         return HostReport(True, version, accel.name, accel.reason, tuple(notes))
 
     @classmethod

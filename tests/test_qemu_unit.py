@@ -33,7 +33,9 @@ from pymachine.drivers.qemu import (
     find_program,
     hypervisor_entitlement,
     parse_usernet,
+    resolve_firmware,
 )
+from pymachine.drivers.qemu_firmware import FirmwareChoice
 from pymachine.errors import DriverError, DriverNotAvailable, MachineStateError, PortUnavailable
 from pymachine.runner import Runner
 
@@ -820,6 +822,10 @@ def test_homebrews_firmware_is_found_beside_its_qemu(tmp_path: Path, mac: MacHos
     write_descriptor(share / "firmware" / "60-edk2-aarch64.json", code, "aarch64", ["virt-*"], ["verbose-static"])
     driver = make_driver(tmp_path, arch="arm64", boot="cdrom", runner=mac.runner)
     assert f"if=pflash,format=raw,readonly=on,file={code}" in value_after(driver.command_line(), "-drive")
+    # precheck and doctor find it the same way, from the program's name alone.
+    assert resolve_firmware(mac.runner, QemuOptions(), "arm64") == FirmwareChoice(code, "raw", share / "firmware" / "60-edk2-aarch64.json")
+    QemuDriver.precheck(mac.runner, QemuOptions(boot="cdrom"), "arm64")
+    assert f"arm64 UEFI firmware (for -o boot=cdrom): {code} (60-edk2-aarch64.json)" in QemuDriver.host_report(mac.runner).notes
 
 
 def test_precheck_requires_the_emulator_of_the_guests_architecture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
