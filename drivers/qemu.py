@@ -79,9 +79,14 @@ VIRT_PFLASH_BYTES = 64 * 1024 * 1024
 #: QEMU's plain model. `-cpu max` adds AVX, XSAVE and more that TCG emulates slowly:
 #: dockerd took 21-26 s to answer after boot with it, 17 s with this.
 TCG_CPU = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16,+aes,+pclmulqdq"
-#: The arm64 CPU under TCG. cortex-a72 reached /init sooner than max,pauth-impdef=on in
-#: REFERENCE.md's first measurement; no pointer authentication to emulate.
-TCG_CPU_ARM64 = "cortex-a72"
+#: The arm64 CPU under TCG, measured with bench/arm64_cpu.py (QEMU 7.2 on a 2-core x86-64
+#: host, Debian 13's 6.12 kernel, a busybox initramfs, 2 vCPUs, medians of 5): 600
+#: fork+execs of /bin/true took 7.6 s with max,pauth=off, 8.8 s max,pauth-impdef=on,
+#: 9.0 s cortex-a76, 9.9 s neoverse-n1, 10.4 s cortex-a53, 10.7 s cortex-a57, 11.2 s
+#: cortex-a72 and 20.3 s max, whose pointer authentication (QARMA5) TCG computes in
+#: software; boot to /init took 3.3-3.7 s with all but max (9.1 s). docs/drivers.md has
+#: the table. `max` follows the QEMU version; cortex-a76 is the steady runner-up.
+TCG_CPU_ARM64 = "max,pauth=off"
 #: Intel Macs under HVF, as Lima runs them (lima#1485).
 INTEL_MAC_HVF_CPU = "host,-avx512vl,-pdpe1gb"
 
