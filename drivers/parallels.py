@@ -297,7 +297,7 @@ class ParallelsDriver(Driver):
     # -- contract -------------------------------------------------------------------------
 
     @classmethod
-    def precheck(cls, runner: Runner, options: DriverOptions) -> None:
+    def precheck(cls, runner: Runner, options: DriverOptions, arch: str = "") -> None:
         assert isinstance(options, ParallelsOptions)
         validate_options(options)
         check_parallels(runner)

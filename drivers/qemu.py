@@ -10,6 +10,13 @@ Files in the machine's folder:
 
 SSH and the Docker TLS port are host forwards on 127.0.0.1 given on the command line;
 container ports are added and removed at run time with hostfwd_add/hostfwd_remove.
+
+Each guest architecture has its own emulator and board: amd64 runs on
+qemu-system-x86_64's q35, arm64 on qemu-system-aarch64's virt. The host's own
+architecture runs under HVF (macOS) or KVM (Linux) where they really work, the other one
+under TCG. Direct kernel boot needs no firmware; `-o boot=cdrom` boots the ISO through
+SeaBIOS (amd64) or UEFI firmware found through QEMU's firmware descriptors
+(qemu_firmware.py).
 """
 
 from __future__ import annotations
@@ -17,13 +24,14 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import plistlib
 import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pymachine.arch import ARCHES, host_arch
+from pymachine.arch import AMD64, ARCHES, ARM64, host_arch, kernel_name
 from pymachine.driver import (
     EMULATED,
     GUEST_DOCKER_PORT,
@@ -41,31 +49,57 @@ from pymachine.driver import (
 from pymachine.errors import (
     CommandFailed,
     DriverError,
+    DriverNotAvailable,
     MachineStateError,
     PortUnavailable,
 )
 from pymachine.procs import running_from, terminate, wait_gone
 from pymachine.runner import Runner
 
+from .qemu_firmware import FirmwareChoice, choose_uefi, descriptor_files, read_descriptors, search_folders
 from .qmp import QMPClient, QMPError
 
-INSTALL_HINT = "Install QEMU: on macOS `brew install qemu`, on Debian or Ubuntu `sudo apt-get install qemu-system-x86 qemu-utils`"
 NETDEV = "net0"
 #: The longest unix socket path macOS accepts (Linux allows 107).
 MAX_SOCKET_PATH = 103
-#: The CPU under TCG: x86-64-v2 (what RHEL 9 based images need) plus AES-NI, on QEMU's
-#: plain model. `-cpu max` adds AVX, XSAVE and more that TCG emulates slowly: dockerd
-#: took 21-26 s to answer after boot with it, 17 s with this.
+ACCELERATORS = ("auto", "hvf", "kvm", "tcg")
+#: Where Homebrew installs: Apple Silicon, then Intel. Searched (bin/) for qemu-system-*
+#: and qemu-img when they are not on PATH, as happens when a GUI or launchd starts us.
+HOMEBREW_PREFIXES = ("/opt/homebrew", "/usr/local")
+#: The oldest QEMU that runs arm64 guests reliably on Apple Silicon (Lima's floor).
+MIN_QEMU_APPLE_SILICON = (8, 2, 1)
+#: macOS older than this can panic with more than 3 GiB of guest memory under HVF (lima#795).
+MIN_MACOS_BIG_GUESTS = (12, 4)
+#: What a qemu binary must be signed with before Hypervisor.framework lets it in.
+HVF_ENTITLEMENT = "com.apple.security.hypervisor"
+#: The size QEMU's virt machine wants of a pflash image (AAVMF_CODE.fd is padded to it).
+VIRT_PFLASH_BYTES = 64 * 1024 * 1024
+
+#: The amd64 CPU under TCG: x86-64-v2 (what RHEL 9 based images need) plus AES-NI, on
+#: QEMU's plain model. `-cpu max` adds AVX, XSAVE and more that TCG emulates slowly:
+#: dockerd took 21-26 s to answer after boot with it, 17 s with this.
 TCG_CPU = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16,+aes,+pclmulqdq"
+#: The arm64 CPU under TCG, measured with bench/arm64_cpu.py (QEMU 7.2 on a 2-core x86-64
+#: host, Debian 13's 6.12 kernel, a busybox initramfs, 2 vCPUs, medians of 5): 600
+#: fork+execs of /bin/true took 7.6 s with max,pauth=off, 8.8 s max,pauth-impdef=on,
+#: 9.0 s cortex-a76, 9.9 s neoverse-n1, 10.4 s cortex-a53, 10.7 s cortex-a57, 11.2 s
+#: cortex-a72 and 20.3 s max, whose pointer authentication (QARMA5) TCG computes in
+#: software; boot to /init took 3.3-3.7 s with all but max (9.1 s). docs/drivers.md has
+#: the table. `max` follows the QEMU version; cortex-a76 is the steady runner-up.
+TCG_CPU_ARM64 = "max,pauth=off"
+#: Intel Macs under HVF, as Lima runs them (lima#1485).
+INTEL_MAC_HVF_CPU = "host,-avx512vl,-pdpe1gb"
 
 
 @dataclass
 class QemuOptions(DriverOptions):
-    accel: str = option("auto", "Accelerator: auto, hvf, kvm or tcg (auto picks the fastest that really works here)")
+    accel: str = option("auto", "Accelerator: auto, hvf, kvm or tcg (auto picks the fastest that really works here for the guest's architecture)")
     restrict_network: bool = option(False, "Cut the guest off from every network but its own forwards (restrict=on); image pulls then fail")
     boot: str = option("auto", "auto (direct kernel boot when the image has a kernel), kernel, or cdrom")
-    binary: str = option("", "The qemu-system program to run (default: qemu-system-x86_64 on PATH)")
+    binary: str = option("", "The qemu-system program to run (default: qemu-system-x86_64 or qemu-system-aarch64 for the guest's architecture, on PATH or in Homebrew's bin folder)")
     aslr: str = option("auto", "Address space randomization in the guest: auto (off under TCG, where it halves the cost of starting a process; on with HVF/KVM), on or off")
+    firmware: str = option("auto", "What -o boot=cdrom boots through: auto (SeaBIOS for amd64, UEFI for arm64), bios (amd64 only), uefi (found through QEMU's firmware descriptors), or the path of a UEFI code image")
+    cpu: str = option("auto", "The -cpu model: auto (host under HVF/KVM, with Lima's fixes for Intel Macs and Apple M4; under TCG the fastest model measured), or a model from `qemu-system-... -cpu help`")
 
 
 @dataclass(frozen=True)
@@ -76,31 +110,97 @@ class Accelerator:
     reason: str
 
 
-def detect_accelerator(runner: Runner, requested: str = "auto") -> Accelerator:
-    """HVF on a Mac that supports it, KVM where it can really run a stock kernel, else TCG."""
-    if requested not in ("auto", "hvf", "kvm", "tcg"):
+@dataclass(frozen=True)
+class CpuModel:
+    """The -cpu value chosen, and why."""
+
+    model: str
+    reason: str
+
+
+def system_program(arch: str) -> str:
+    """The emulator for guests of `arch`: qemu-system-x86_64 or qemu-system-aarch64."""
+    return f"qemu-system-{kernel_name(arch)}"
+
+
+def install_hint(arch: str) -> str:
+    """The command that installs QEMU for `arch` guests on this kind of host."""
+    if platform.system() == "Darwin":
+        return "Run `brew install qemu`"
+    packages = "qemu-system-arm qemu-efi-aarch64 qemu-utils" if arch == ARM64 else "qemu-system-x86 qemu-utils"
+    return f"Run `sudo apt-get install {packages}` (Debian and Ubuntu; elsewhere your distribution's QEMU packages)"
+
+
+def firmware_hint(arch: str) -> str:
+    """The command that installs UEFI firmware for `arch` guests on this kind of host."""
+    if platform.system() == "Darwin":
+        return "Run `brew install qemu` (it brings edk2 firmware)"
+    return f"Run `sudo apt-get install {'qemu-efi-aarch64' if arch == ARM64 else 'ovmf'}`"
+
+
+def find_program(runner: Runner, program: str) -> str | None:
+    """`program` as the runner will run it, or None when it is nowhere to be found.
+
+    On the runner's search path, its name is kept (the argv stays as typed); on a Mac,
+    a program found only in Homebrew's bin folders is given by its full path.
+    """
+    if runner.which(program):
+        return program
+    if platform.system() == "Darwin" and "/" not in program:
+        found = runner.which(program, path=os.pathsep.join(f"{prefix}/bin" for prefix in HOMEBREW_PREFIXES))
+        if found:
+            return found
+    return None
+
+
+def binary_path(runner: Runner, program: str) -> str | None:
+    """The full path of the program find_program finds."""
+    found = find_program(runner, program)
+    return None if found is None else runner.which(found) or found
+
+
+def sysctl(runner: Runner, name: str) -> str | None:
+    """`sysctl -n NAME` on a Mac; None when macOS does not know the name."""
+    out = runner.run(["sysctl", "-n", name], check=False, timeout=10)
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def detect_accelerator(runner: Runner, requested: str = "auto", arch: str = "") -> Accelerator:
+    """HVF on a Mac that supports it, KVM where it can really run a stock kernel, else TCG.
+
+    Either runs only the host's own architecture: a guest of the other one is emulated.
+    `arch` "" is the host's.
+    """
+    if requested not in ACCELERATORS:
         raise DriverError(f"Unknown accelerator '{requested}'", "Use -o accel=auto, hvf, kvm or tcg")
-    if requested != "auto":
-        return Accelerator(requested, "asked for with -o accel")
+    host = host_arch()
+    arch = arch or host
     system = platform.system()
+    if requested != "auto":
+        if requested != "tcg" and arch != host:
+            raise DriverError(f"{requested.upper()} runs only this {host} host's own architecture, not an {arch} guest", "Use -o accel=tcg (or auto)")
+        return Accelerator(requested, "asked for with -o accel")
+    if arch != host:
+        hypervisor = {"Darwin": "HVF", "Linux": "KVM"}.get(system, "a hypervisor")
+        return Accelerator("tcg", f"an {arch} guest on this {host} host is emulated: {hypervisor} runs only the host's own architecture")
     if system == "Darwin":
-        if platform.machine() == "arm64":
-            # HVF runs arm64 guests only there; the boot image is amd64 (no arm64 build yet).
-            return Accelerator("tcg", "Apple Silicon: HVF cannot run the amd64 image, so it is emulated")
-        out = runner.run(["sysctl", "-n", "kern.hv_support"], check=False)
-        if out.stdout.strip() == "1":
+        support = sysctl(runner, "kern.hv_support")
+        if support == "1":
             return Accelerator("hvf", "kern.hv_support is 1")
-        return Accelerator("tcg", "this Mac does not support Hypervisor.framework (kern.hv_support is not 1)")
+        return Accelerator("tcg", f"this Mac does not offer Hypervisor.framework (kern.hv_support is {support or 'missing'})")
     if system == "Linux":
-        return _linux_kvm()
+        return _linux_kvm(arch)
     return Accelerator("tcg", f"no accelerator known for {system}")
 
 
-def _linux_kvm() -> Accelerator:
+def _linux_kvm(arch: str) -> Accelerator:
     if not os.path.exists("/dev/kvm"):
         return Accelerator("tcg", "/dev/kvm does not exist (load the kvm module, or enable virtualization in firmware)")
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return Accelerator("tcg", "/dev/kvm is not accessible to this user (add yourself to the kvm group)")
+    if arch == ARM64:
+        # No nested paravirtual KVM on arm64 that we know of: a usable /dev/kvm runs guests.
+        return Accelerator("kvm", "/dev/kvm is usable")
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -115,6 +215,184 @@ def _linux_kvm() -> Accelerator:
     if not flags & {"vmx", "svm"}:
         return Accelerator("tcg", "/dev/kvm exists but the CPU shows no vmx/svm flag, so KVM cannot run a stock kernel here")
     return Accelerator("kvm", "/dev/kvm is usable and the CPU has hardware virtualization")
+
+
+def choose_cpu(runner: Runner, accel: Accelerator, arch: str, requested: str = "auto") -> CpuModel:
+    """The -cpu value for a guest of `arch` under `accel`."""
+    if requested != "auto":
+        return CpuModel(requested, "asked for with -o cpu")
+    if accel.name == "tcg":
+        if arch == ARM64:
+            return CpuModel(TCG_CPU_ARM64, "the model that started processes fastest under TCG (docs/drivers.md)")
+        return CpuModel(TCG_CPU, "x86-64-v2 and AES-NI without the extensions TCG emulates slowly")
+    if accel.name == "hvf":
+        if arch == AMD64:
+            return CpuModel(INTEL_MAC_HVF_CPU, "an Intel Mac: without AVX-512VL and 1 GiB pages, as Lima runs it (lima#1485)")
+        if sysctl(runner, "hw.optional.arm.FEAT_SME") == "1":
+            return CpuModel("max", "Apple M4 (hw.optional.arm.FEAT_SME is 1): guests break with -cpu host under HVF (lima#3032)")
+        return CpuModel("host", "the host's own CPU, under HVF")
+    return CpuModel("host", f"the host's own CPU, under {accel.name.upper()}")
+
+
+def qemu_version(runner: Runner, binary: str) -> str:
+    """`x.y.z` from `qemu-system-... --version`; "" when it does not say."""
+    out = runner.run([binary, "--version"], check=False, timeout=10).stdout
+    found = re.search(r"version (\d+\.\d+(?:\.\d+)?)", out)
+    return found.group(1) if found else ""
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+def hypervisor_entitlement(output: str) -> bool:
+    """True if `codesign -d --entitlements - BINARY` output grants the HVF entitlement.
+
+    macOS 12 and later print a tree (`[Key] NAME`, `[Value]`, `[Bool] true`); older ones
+    print the XML plist behind an 8-byte blob header.
+    """
+    if "<plist" in output or "<?xml" in output:
+        start = min(i for i in (output.find("<?xml"), output.find("<plist")) if i >= 0)
+        end = output.rfind("</plist>")
+        if end >= 0:
+            try:
+                data = plistlib.loads(output[start : end + len("</plist>")].encode())
+            except Exception:  # a damaged dump: fall back to reading the key's next element
+                data = None
+            if isinstance(data, dict):
+                return data.get(HVF_ENTITLEMENT) is True
+        return re.search(re.escape(HVF_ENTITLEMENT) + r"</key>\s*<true\s*/>", output) is not None
+    lines = [line.strip() for line in output.splitlines()]
+    for index, line in enumerate(lines):
+        if line == f"[Key] {HVF_ENTITLEMENT}":
+            value = " ".join(lines[index + 1 : index + 3])
+            return re.match(r"\[Value\]\s*\[Bool\] true\b", value) is not None
+    return False
+
+
+def machine_type(arch: str, accel: Accelerator) -> str:
+    """The -machine value: q35 for amd64; virt for arm64.
+
+    gic-version=max gives virt a GICv3 under TCG and KVM: GICv2, virt's default, stops at
+    8 vCPUs, and many arm64 KVM hosts have no GICv2 at all. Under HVF QEMU has long offered
+    only GICv2 (lima#849: at most 8 vCPUs), so there virt keeps its default, as in Lima.
+    highmem stays on (its default): highmem=off fails beyond 3 GiB of RAM (lima#680).
+    """
+    if arch == AMD64:
+        return "q35"
+    return "virt" if accel.name == "hvf" else "virt,gic-version=max"
+
+
+def smp(arch: str, cpus: int) -> str:
+    """The -smp value. On virt the topology is spelled out, as Lima does: one socket of
+    N cores, the same on every QEMU version (older ones made N sockets)."""
+    if arch == AMD64:
+        return str(cpus)
+    return f"{cpus},sockets=1,cores={cpus},threads=1"
+
+
+def cdrom_args(iso: Path, arch: str) -> list[str]:
+    """The ISO as a CD the firmware can boot.
+
+    q35 has an AHCI controller, so the ISO is an IDE CD there. The virt board has no
+    IDE or AHCI: the ISO is a SCSI CD on virtio-scsi, a real CD-ROM (2048-byte sectors,
+    a TOC, removable media) that edk2 boots by El Torito as it would a physical one, and
+    that the guest sees as /dev/sr0, as it sees the CDs of the other drivers. virtio-blk
+    also boots (edk2 finds El Torito on a 512-byte-sector disk too), but it ignores
+    media=cdrom and puts a read-only disk among the guest's disks, where the data disk
+    and the config medium are looked for.
+    """
+    if arch == AMD64:
+        return ["-drive", f"file={option_value(iso)},if=none,id=cd0,media=cdrom,readonly=on", "-device", "ide-cd,drive=cd0,bootindex=0"]
+    return [
+        "-device", "virtio-scsi-pci,id=scsi0",
+        "-drive", f"file={option_value(iso)},if=none,id=cd0,format=raw,media=cdrom,readonly=on",
+        "-device", "scsi-cd,bus=scsi0.0,drive=cd0,bootindex=0",
+    ]  # fmt: skip
+
+
+def firmware_args(firmware: FirmwareChoice | None, arch: str) -> list[str]:
+    """The firmware for a cdrom boot: nothing (QEMU's SeaBIOS), or UEFI code read-only.
+
+    No variables drive, as Lima runs it: edk2 then keeps its variables in RAM and boots
+    the removable-media path (EFI/BOOT/BOOTAA64.EFI, BOOTX64.EFI) of the first bootable
+    device, and no per-machine NVRAM file has to be made, kept and migrated.
+    virt's flash is 64 MiB: a smaller image (QEMU_EFI.fd, 2 MiB) is loaded with -bios.
+    """
+    if firmware is None:
+        return []
+    if arch == ARM64 and firmware.path.stat().st_size != VIRT_PFLASH_BYTES:
+        return ["-bios", str(firmware.path)]
+    return ["-drive", f"if=pflash,format={firmware.format},readonly=on,file={option_value(firmware.path)}"]
+
+
+def resolve_firmware(runner: Runner, options: QemuOptions, arch: str, program: str = "") -> FirmwareChoice | None:
+    """What a cdrom boot of an `arch` guest boots through, per -o firmware; None is SeaBIOS."""
+    wanted = options.firmware.strip()
+    if wanted in ("auto", "bios") and arch == AMD64:
+        return None
+    if wanted == "bios":
+        raise DriverError("arm64 guests boot through UEFI: QEMU's virt machine has no BIOS", "Use -o firmware=auto, uefi, or the path of a UEFI code image")
+    if wanted in ("auto", "uefi"):
+        program = program or options.binary or system_program(arch)
+        return discover_uefi(runner, binary_path(runner, program), arch)
+    path = Path(wanted).expanduser()
+    if not path.is_file():
+        raise DriverError(f"The firmware {path} does not exist", "Fix -o firmware=PATH, or use -o firmware=uefi for the one QEMU's firmware descriptors name")
+    if not os.access(path, os.R_OK):
+        raise DriverError(f"The firmware {path} cannot be read", f"Run `chmod a+r {path}`, or use -o firmware=uefi")
+    return FirmwareChoice(path, "raw", None)
+
+
+def discover_uefi(runner: Runner, binary: str | None, arch: str) -> FirmwareChoice:
+    """The UEFI code image QEMU's firmware descriptors offer for `arch` guests."""
+    environ = {**os.environ, **(runner.env or {})}
+    folders = search_folders(binary if binary and os.path.isabs(binary) else None, environ)
+    descriptors, skipped = read_descriptors(descriptor_files(folders))
+    machine = "q35" if arch == AMD64 else "virt"
+    choice, passed_over = choose_uefi(descriptors, kernel_name(arch), machine)
+    if choice is None:
+        why = "; ".join(passed_over + skipped)
+        where = ", ".join(str(f) for f in folders)
+        raise DriverError(
+            f"No UEFI firmware for {arch} guests in QEMU's firmware descriptors ({where})" + (f": {why}" if why else ""),
+            f"{firmware_hint(arch)}, or name a code image with -o firmware=PATH",
+        )
+    return choice
+
+
+def mac_notes(runner: Runner, binary: str, version: str) -> list[str]:
+    """What stands between this Mac and fast VMs: QEMU's version, HVF, the entitlement, macOS."""
+    notes = []
+    host = host_arch()
+    if host == ARM64 and version and version_tuple(version) < MIN_QEMU_APPLE_SILICON:
+        floor = ".".join(map(str, MIN_QEMU_APPLE_SILICON))
+        notes.append(f"QEMU {version} is older than {floor}, the oldest that runs Apple Silicon guests reliably: run `brew upgrade qemu`")
+    support = sysctl(runner, "kern.hv_support")
+    if support == "1":
+        notes.append("HVF: usable (kern.hv_support is 1)")
+    else:
+        notes.append(
+            f"HVF: not usable (kern.hv_support is {support or 'missing'}), so every guest runs emulated: "
+            "run pymachine on the Mac itself, or turn on nested virtualization for the macOS VM it runs in"
+        )
+    real = os.path.realpath(binary)
+    sign = f"run `codesign --sign - --entitlements ENT.plist --force {real}`, ENT.plist granting {HVF_ENTITLEMENT} (docs/drivers.md)"
+    signed = runner.run(["codesign", "-d", "--entitlements", "-", real], check=False, timeout=10)
+    if signed.returncode != 0:
+        said = (signed.stderr.strip() or signed.stdout.strip() or f"exit status {signed.returncode}").splitlines()[-1]
+        notes.append(f"entitlement: codesign cannot read {real} ({said}), so HVF will refuse it: {sign}")
+    elif hypervisor_entitlement(signed.stdout):
+        notes.append(f"entitlement: {real} carries {HVF_ENTITLEMENT}")
+    else:
+        notes.append(f"entitlement: {real} lacks {HVF_ENTITLEMENT}, so HVF refuses it (HV_DENIED): {sign}")
+    macos = runner.run(["sw_vers", "-productVersion"], check=False, timeout=10).stdout.strip()
+    if macos and host == ARM64 and version_tuple(macos) < MIN_MACOS_BIG_GUESTS:
+        floor = ".".join(map(str, MIN_MACOS_BIG_GUESTS))
+        notes.append(f"macOS {macos}: guests with more than 3 GiB can panic the host under HVF (lima#795): update macOS to {floor} or later, or create machines with --memory 3072 or less")
+    elif macos:
+        notes.append(f"macOS {macos}")
+    return notes
 
 
 def option_value(value: object) -> str:
@@ -170,25 +448,54 @@ class QemuDriver(Driver):
     # -- contract ---------------------------------------------------------------------
 
     @classmethod
-    def precheck(cls, runner: Runner, options: DriverOptions) -> None:
+    def precheck(cls, runner: Runner, options: DriverOptions, arch: str = "") -> None:
         assert isinstance(options, QemuOptions)
-        runner.require(options.binary or "qemu-system-x86_64", INSTALL_HINT)
-        runner.require("qemu-img", INSTALL_HINT)
+        arch = arch or host_arch()
+        if arch not in ARCHES:
+            raise DriverNotAvailable(f"QEMU runs {' and '.join(ARCHES)} guests, not {arch}", "Run `pymachine create --arch amd64` or `--arch arm64`")
+        for program in (options.binary or system_program(arch), "qemu-img"):
+            if find_program(runner, program) is None:
+                raise DriverNotAvailable(f"`{program}` is not installed", install_hint(arch))
         if options.boot not in ("auto", "kernel", "cdrom"):
             raise DriverError(f"Unknown boot mode '{options.boot}'", "Use -o boot=auto, kernel or cdrom")
         if options.aslr not in ("auto", "on", "off"):
             raise DriverError(f"Unknown aslr setting '{options.aslr}'", "Use -o aslr=auto, on or off")
-        detect_accelerator(runner, options.accel)
+        if not options.cpu.strip():
+            raise DriverError("-o cpu needs a model", "Use -o cpu=auto, or a model from `qemu-system-... -cpu help`")
+        detect_accelerator(runner, options.accel, arch)
+        if options.boot == "cdrom" or options.firmware not in ("auto", "bios", "uefi"):
+            resolve_firmware(runner, options, arch)
 
     @classmethod
     def host_report(cls, runner: Runner) -> HostReport:
-        binary = runner.which("qemu-system-x86_64")
-        accel = detect_accelerator(runner)
+        host = host_arch()
+        if host not in ARCHES:
+            return HostReport(False, detail=f"QEMU runs {' and '.join(ARCHES)} guests; this host is {host}")
+        accel = detect_accelerator(runner, "auto", host)
+        binary = binary_path(runner, system_program(host))
         if binary is None:
-            return HostReport(False, accelerator=accel.name, detail=INSTALL_HINT)
-        out = runner.run([binary, "--version"], check=False, timeout=10).stdout
-        version = out.split("version", 1)[1].split()[0] if "version" in out else ""
-        return HostReport(True, version, accel.name, accel.reason)
+            return HostReport(False, accelerator=accel.name, detail=f"`{system_program(host)}` is not installed. {install_hint(host)}")
+        version = qemu_version(runner, binary)
+        notes: list[str] = []
+        if find_program(runner, "qemu-img") is None:
+            notes.append(f"qemu-img is not installed: {install_hint(host)}")
+        if platform.system() == "Darwin":
+            notes += mac_notes(runner, binary, version)
+        for arch in ARCHES:
+            if arch == host:
+                continue
+            other = find_program(runner, system_program(arch))
+            if other is None:
+                notes.append(f"{arch} guests: `{system_program(arch)}` is not installed: {install_hint(arch)}")
+            else:
+                notes.append(f"{arch} guests: emulated (TCG) by {system_program(arch)} {qemu_version(runner, other) or '(version unknown)'}")
+        # arm64 guests boot an ISO only through UEFI: say where it comes from, or what is missing.
+        try:
+            firmware = discover_uefi(runner, binary_path(runner, system_program(ARM64)), ARM64)
+            notes.append(f"arm64 UEFI firmware (for -o boot=cdrom): {firmware}")
+        except DriverError as exc:
+            notes.append(f"arm64 UEFI firmware (for -o boot=cdrom): {exc}")
+        return HostReport(True, version, accel.name, accel.reason, tuple(notes))
 
     @classmethod
     def guest_arches(cls, runner: Runner, options: DriverOptions) -> dict[str, str]:
@@ -199,12 +506,13 @@ class QemuDriver(Driver):
     @classmethod
     def hardware_accelerated(cls, runner: Runner, options: DriverOptions, arch: str = "") -> bool:
         assert isinstance(options, QemuOptions)
-        return detect_accelerator(runner, options.accel).name != "tcg"
+        return detect_accelerator(runner, options.accel, arch).name != "tcg"
 
     def create(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         if not self.disk.exists():
-            self.runner.run(["qemu-img", "create", "-q", "-f", "qcow2", str(self.disk), f"{self.spec.disk_mb}M"])
+            qemu_img = find_program(self.runner, "qemu-img") or "qemu-img"
+            self.runner.run([qemu_img, "create", "-q", "-f", "qcow2", str(self.disk), f"{self.spec.disk_mb}M"])
 
     def start(self) -> None:
         if self._pid() is not None:
@@ -223,27 +531,60 @@ class QemuDriver(Driver):
             busy = re.search(r"host forwarding rule '(?:tcp|udp):[^:]*:(\d+)-", exc.stderr, re.I)
             if busy and "could not set up" in exc.stderr.lower():
                 raise PortUnavailable(f"Host port {busy.group(1)} is already in use", "pymachine will pick another port") from None
+            if "HV_DENIED" in exc.stderr:
+                # Hypervisor.framework refuses a binary without the entitlement (lima#1742).
+                real = os.path.realpath(self.runner.which(argv[0]) or argv[0])
+                raise DriverError(
+                    f"macOS refused QEMU the hypervisor (HV_DENIED): {real} lacks the {HVF_ENTITLEMENT} entitlement",
+                    f"Run `codesign --sign - --entitlements ENT.plist --force {real}` (ENT.plist: see docs/drivers.md), or use -o accel=tcg",
+                ) from None
             raise DriverError(f"QEMU did not start: {exc.message.split(': ', 1)[-1]}", f"See {self.directory / 'qemu.log'}") from None
+
+    # -- the command line ---------------------------------------------------------------
+
+    @property
+    def arch(self) -> str:
+        return self.spec.arch
+
+    def program(self) -> str:
+        """The qemu-system program this machine runs, as the runner will find it."""
+        wanted = self.options.binary or system_program(self.arch)
+        return find_program(self.runner, wanted) or wanted
+
+    def direct_boot(self) -> bool:
+        """True when this start boots the kernel directly, not the ISO."""
+        wanted = self.options.boot
+        return wanted == "kernel" or (wanted == "auto" and self.kernel() is not None and self.spec.boot.initrd is not None)
+
+    def kernel(self) -> Path | None:
+        """The kernel for direct boot: on amd64 the uncompressed PVH one when the image has it."""
+        if self.arch == AMD64:
+            return self.spec.boot.pvh_kernel or self.spec.boot.kernel
+        return self.spec.boot.kernel
+
+    def firmware(self) -> FirmwareChoice | None:
+        """The UEFI image a cdrom boot maps, or None: direct boot, or SeaBIOS (amd64)."""
+        if self.direct_boot():
+            return None
+        return resolve_firmware(self.runner, self.options, self.arch, self.program())
 
     def command_line(self) -> list[str]:
         """The full qemu-system argv for this machine."""
-        spec, opts = self.spec, self.options
-        accel = detect_accelerator(self.runner, opts.accel)
-        argv = [opts.binary or "qemu-system-x86_64", "-name", f"pymachine-{spec.name}"]
-        argv += ["-nodefaults", "-no-user-config", "-machine", "q35"]
-        if accel.name == "tcg":
-            argv += ["-accel", "tcg,thread=multi", "-cpu", TCG_CPU]
-        else:
-            argv += ["-accel", accel.name, "-cpu", "host"]
-        argv += ["-m", str(spec.memory_mb), "-smp", str(spec.cpus), "-rtc", "base=utc"]
-        kernel = spec.boot.pvh_kernel or spec.boot.kernel
-        direct = opts.boot == "kernel" or (opts.boot == "auto" and kernel is not None and spec.boot.initrd is not None)
-        if direct:
+        spec, opts, arch = self.spec, self.options, self.arch
+        accel = detect_accelerator(self.runner, opts.accel, arch)
+        cpu = choose_cpu(self.runner, accel, arch, opts.cpu)
+        argv = [self.program(), "-name", f"pymachine-{spec.name}", "-nodefaults", "-no-user-config"]
+        argv += ["-machine", machine_type(arch, accel)]
+        argv += ["-accel", "tcg,thread=multi" if accel.name == "tcg" else accel.name, "-cpu", cpu.model]
+        argv += ["-m", str(spec.memory_mb), "-smp", smp(arch, spec.cpus), "-rtc", "base=utc"]
+        if self.direct_boot():
+            kernel = self.kernel()
             if kernel is None or spec.boot.initrd is None:
                 raise DriverError("This boot image has no kernel and initrd for direct boot", "Use -o boot=cdrom")
             argv += ["-kernel", str(kernel), "-initrd", str(spec.boot.initrd), "-append", self.kernel_cmdline(accel)]
         else:
-            argv += ["-drive", f"file={option_value(spec.boot.iso)},if=none,id=cd0,media=cdrom,readonly=on", "-device", "ide-cd,drive=cd0,bootindex=0"]
+            argv += firmware_args(self.firmware(), arch)
+            argv += cdrom_args(spec.boot.iso, arch)
         argv += ["-drive", f"file={option_value(self.disk)},if=none,id=data,format=qcow2,discard=unmap", "-device", "virtio-blk-pci,drive=data"]
         argv += ["-drive", f"file={option_value(spec.config_medium)},if=none,id=config,format=raw,readonly=on", "-device", "virtio-blk-pci,drive=config"]
         # Shared host folders over virtio-9p. security_model=none: files the guest makes
@@ -261,6 +602,8 @@ class QemuDriver(Driver):
         # romfile= drops the iPXE option ROM: we never network-boot, and it costs ~3 s.
         argv += ["-netdev", netdev, "-device", f"virtio-net-pci,netdev={NETDEV},romfile="]
         argv += ["-device", "virtio-rng-pci"]
+        # On virt the serial port is the board's PL011 (console=ttyAMA0, from the image's
+        # own command line); on q35 the ISA 16550 (ttyS0).
         argv += ["-serial", f"file:{self.serial_log()}", "-display", "none"]
         for role in ("control", "watcher"):
             argv += ["-qmp", f"unix:{option_value(self._socket(role))},server=on,wait=off"]
@@ -358,20 +701,38 @@ class QemuDriver(Driver):
         return forward.protocol == "tcp" and forward.host_port in (self.spec.ssh_port, self.spec.docker_port)
 
     def details(self) -> dict[str, Any]:
-        accel = detect_accelerator(self.runner, self.options.accel)
-        return {
-            "accelerator": accel.name,
-            "accelerator_reason": accel.reason,
-            "pid": self._pid(),
-            "disk": str(self.disk),
-            "serial_log": str(self.serial_log()),
-            "qmp": self._socket("control"),
-        }
+        facts: dict[str, Any] = {"arch": self.arch, "binary": self.program(), "boot": "kernel" if self.direct_boot() else "cdrom"}
+        try:
+            accel = detect_accelerator(self.runner, self.options.accel, self.arch)
+            cpu = choose_cpu(self.runner, accel, self.arch, self.options.cpu)
+        except DriverError as exc:
+            accel, cpu = Accelerator("unknown", str(exc)), CpuModel("unknown", str(exc))
+        facts.update(
+            machine=machine_type(self.arch, accel),
+            accelerator=accel.name,
+            accelerator_reason=accel.reason,
+            cpu=cpu.model,
+            cpu_reason=cpu.reason,
+            firmware=self._firmware_text(),
+        )
+        facts.update(pid=self._pid(), disk=str(self.disk), serial_log=str(self.serial_log()), qmp=self._socket("control"))
+        return facts
+
+    def _firmware_text(self) -> str:
+        if self.direct_boot():
+            return "none (direct kernel boot)"
+        try:
+            firmware = self.firmware()
+        except DriverError as exc:
+            return f"missing: {exc}"
+        return "SeaBIOS (QEMU's built-in BIOS)" if firmware is None else f"UEFI {firmware}"
 
     # -- helpers ----------------------------------------------------------------------
 
     def _pid(self) -> int | None:
-        return running_from(self.pidfile, "qemu")
+        # QEMU runs with -name pymachine-NAME: a PID reused by another program, even one
+        # whose path merely contains "qemu" (a checkout named wt-qemu-arm), is not ours.
+        return running_from(self.pidfile, f"pymachine-{self.spec.name}")
 
     def _qmp(self, timeout: float = 2.0) -> QMPClient:
         return QMPClient(self.control_socket, timeout=timeout)

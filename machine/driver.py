@@ -195,6 +195,8 @@ class HostReport:
     version: str = ""
     accelerator: str = ""
     detail: str = ""
+    #: further facts, one line each; a problem names the command that fixes it
+    notes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -261,8 +263,8 @@ class Driver(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def precheck(cls, runner: Runner, options: DriverOptions) -> None:
-        """Raise DriverNotAvailable when this host cannot run the hypervisor."""
+    def precheck(cls, runner: Runner, options: DriverOptions, arch: str = "") -> None:
+        """Raise DriverNotAvailable when this host cannot run the hypervisor (for `arch` guests; "" is the host's)."""
 
     @abc.abstractmethod
     def create(self) -> None:

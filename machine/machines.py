@@ -112,9 +112,9 @@ class Machines:
             raise MachineError(f"The {cls.name} driver forwards on 127.0.0.1 only", "Run `pymachine create` without --forward-bind")
         driver_options = cls.options_class.parse(options.driver_options)
         mounts = resolve_mounts(options.mounts, cls.supports(Feature.SHARED_FOLDERS), options.driver)
-        with self.progress.step(f"Checking the {options.driver} driver"):
-            cls.precheck(self.home.runner, driver_options)
         arch = self._guest_arch(cls, driver_options, options.arch)
+        with self.progress.step(f"Checking the {options.driver} driver"):
+            cls.precheck(self.home.runner, driver_options, arch)
         # Before anything is made: a refusal must leave nothing to clean up.
         check_before_start(self.home.runner, cls, driver_options, options.force, self.progress, arch)
         image = BootImage.locate(self.home.cache, options.iso, download_progress=self.progress.transfer, arch=arch)

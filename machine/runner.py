@@ -34,9 +34,13 @@ class Runner:
     env: Mapping[str, str] | None = None
     observers: list[Callable[[Completed], None]] = field(default_factory=list)
 
-    def which(self, program: str) -> str | None:
-        """The full path of `program`, or None when it is not installed."""
-        return shutil.which(program, path=self._search_path())
+    def which(self, program: str, path: str | None = None) -> str | None:
+        """The full path of `program`, or None when it is not installed.
+
+        `path` searches those folders instead of the runner's own (a driver looking
+        where a package manager installs, such as Homebrew's bin folders).
+        """
+        return shutil.which(program, path=path if path is not None else self._search_path())
 
     def require(self, program: str, install_hint: str) -> str:
         """The full path of `program`, or a DriverNotAvailable naming how to install it."""

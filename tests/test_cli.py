@@ -116,7 +116,7 @@ def test_unknown_machine(args: list[str], storage: Path, capsys: pytest.CaptureF
         (["create", "x", "-o", "novalue"], "Error: --opt 'novalue' is not KEY=VALUE. Run `pymachine create --help`"),
         (
             ["create", "x", "-o", "colour=blue"],
-            "Error: Unknown option 'colour' for this driver (it takes: accel, aslr, binary, boot, restrict-network). Run `pymachine drivers` to see each driver's options",
+            "Error: Unknown option 'colour' for this driver (it takes: accel, aslr, binary, boot, cpu, firmware, restrict-network). Run `pymachine drivers` to see each driver's options",
         ),
         (["create", "x", "-o", "restrict-network=maybe"], "Error: Option 'restrict-network' takes true or false, not 'maybe'. Run `pymachine drivers`"),
         (["create", "x", "--mount", "/", "--no-mounts"], "Error: --mount and --no-mounts contradict each other. Run `pymachine create` with one of them"),

@@ -251,7 +251,7 @@ class VirtualBoxDriver(Driver):
     # -- contract -----------------------------------------------------------------------
 
     @classmethod
-    def precheck(cls, runner: Runner, options: DriverOptions) -> None:
+    def precheck(cls, runner: Runner, options: DriverOptions, arch: str = "") -> None:
         assert isinstance(options, VirtualBoxOptions)
         validate_options(options)
         if options.backend != "api":

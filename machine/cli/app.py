@@ -486,6 +486,8 @@ def doctor(ctx: typer.Context, fmt: str = typer.Option("text", "--format", "-f",
         version = f" {row['version']}" if row.get("version") else ""
         state = "installed" + version if row["installed"] else "not installed"
         print(f"{row['name']:<11} {state}; accelerator: {row['accelerator']}" + (f" - {row['detail']}" if row.get("detail") else ""))
+        for note in row.get("notes", []):
+            print(f"{'':<11} {note}")
     vms = report["running_vms"]
     print("other VMs:  " + ("; ".join(vms) if vms else "none running"))
     blocked = report["blocked_ports"]

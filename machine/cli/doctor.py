@@ -19,9 +19,11 @@ def run_doctor(machines: Machines) -> dict[str, Any]:
         try:
             report = load_driver(name).host_report(runner)
         except MachineError as exc:
-            drivers.append({"name": name, "installed": False, "version": "", "accelerator": "unknown", "detail": str(exc)})
+            drivers.append({"name": name, "installed": False, "version": "", "accelerator": "unknown", "detail": str(exc), "notes": []})
             continue
-        drivers.append({"name": name, "installed": report.installed, "version": report.version, "accelerator": report.accelerator or "n/a", "detail": report.detail})
+        drivers.append(
+            {"name": name, "installed": report.installed, "version": report.version, "accelerator": report.accelerator or "n/a", "detail": report.detail, "notes": list(report.notes)}
+        )
     running = [vm.describe() for vm in HypervisorGuard(runner).running_vms()]
     blocked = []
     for name in machines.store.names():

@@ -9,7 +9,14 @@ from pathlib import Path
 FAKES = Path(__file__).resolve().parent
 
 #: program name -> the fake that plays it
-PROGRAMS = {"VBoxManage": "vboxmanage.py", "prlctl": "parallels.py", "prlsrvctl": "parallels.py"}
+PROGRAMS = {
+    "VBoxManage": "vboxmanage.py",
+    "prlctl": "parallels.py",
+    "prlsrvctl": "parallels.py",
+    "sysctl": "macos.py",
+    "codesign": "macos.py",
+    "sw_vers": "macos.py",
+}
 
 
 def install(bin_dir: Path, *programs: str) -> Path:
