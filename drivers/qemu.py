@@ -60,6 +60,8 @@ from .qemu_firmware import FirmwareChoice, choose_uefi, descriptor_files, read_d
 from .qmp import QMPClient, QMPError
 
 NETDEV = "net0"
+#: systemd-boot appends what follows this SMBIOS Type 11 prefix to the kernel's command line.
+SMBIOS_CMDLINE = "io.systemd.boot.kernel-cmdline-extra="
 #: The longest unix socket path macOS accepts (Linux allows 107).
 MAX_SOCKET_PATH = 103
 ACCELERATORS = ("auto", "hvf", "kvm", "tcg")
@@ -326,10 +328,25 @@ def firmware_args(firmware: FirmwareChoice | None, arch: str) -> list[str]:
     return ["-drive", f"if=pflash,format={firmware.format},readonly=on,file={option_value(firmware.path)}"]
 
 
-def resolve_firmware(runner: Runner, options: QemuOptions, arch: str, program: str = "") -> FirmwareChoice | None:
-    """What a cdrom boot of an `arch` guest boots through, per -o firmware; None is SeaBIOS."""
+def tuning_words(options: QemuOptions, accel: Accelerator) -> list[str]:
+    """Kernel words that only pay off under emulation.
+
+    Emulated CPUs do not speculate, so Spectre/Meltdown mitigations only cost time;
+    without ASLR, TCG reuses its translations of ld.so and libc across processes.
+    """
+    words = []
+    if accel.name == "tcg":
+        words.append("mitigations=off")
+    if options.aslr == "off" or (options.aslr == "auto" and accel.name == "tcg"):
+        words.append("norandmaps")
+    return words
+
+
+def resolve_firmware(runner: Runner, options: QemuOptions, arch: str, program: str = "", uefi: bool = False) -> FirmwareChoice | None:
+    """What a cdrom boot of an `arch` guest boots through, per -o firmware; None is SeaBIOS.
+    `uefi`: with -o firmware=auto, an amd64 guest boots through UEFI too."""
     wanted = options.firmware.strip()
-    if wanted in ("auto", "bios") and arch == AMD64:
+    if arch == AMD64 and (wanted == "bios" or (wanted == "auto" and not uefi)):
         return None
     if wanted == "bios":
         raise DriverError("arm64 guests boot through UEFI: QEMU's virt machine has no BIOS", "Use -o firmware=auto, uefi, or the path of a UEFI code image")
@@ -462,9 +479,9 @@ class QemuDriver(Driver):
             raise DriverError(f"Unknown aslr setting '{options.aslr}'", "Use -o aslr=auto, on or off")
         if not options.cpu.strip():
             raise DriverError("-o cpu needs a model", "Use -o cpu=auto, or a model from `qemu-system-... -cpu help`")
-        detect_accelerator(runner, options.accel, arch)
+        accel = detect_accelerator(runner, options.accel, arch)
         if options.boot == "cdrom" or options.firmware not in ("auto", "bios", "uefi"):
-            resolve_firmware(runner, options, arch)
+            resolve_firmware(runner, options, arch, uefi=bool(tuning_words(options, accel)))
 
     @classmethod
     def host_report(cls, runner: Runner) -> HostReport:
@@ -562,11 +579,17 @@ class QemuDriver(Driver):
             return self.spec.boot.pvh_kernel or self.spec.boot.kernel
         return self.spec.boot.kernel
 
-    def firmware(self) -> FirmwareChoice | None:
-        """The UEFI image a cdrom boot maps, or None: direct boot, or SeaBIOS (amd64)."""
+    def firmware(self, accel: Accelerator | None = None) -> FirmwareChoice | None:
+        """The UEFI image a cdrom boot maps, or None: direct boot, or SeaBIOS (amd64).
+
+        With -o firmware=auto an amd64 CD boots by SeaBIOS and isolinux, unless the kernel
+        needs the emulation words (see `tuning`): isolinux's command line is the ISO's
+        own, while systemd-boot takes more words from SMBIOS, so then it is UEFI.
+        """
         if self.direct_boot():
             return None
-        return resolve_firmware(self.runner, self.options, self.arch, self.program())
+        accel = accel or detect_accelerator(self.runner, self.options.accel, self.arch)
+        return resolve_firmware(self.runner, self.options, self.arch, self.program(), uefi=bool(self.tuning(accel)))
 
     def command_line(self) -> list[str]:
         """The full qemu-system argv for this machine."""
@@ -583,8 +606,14 @@ class QemuDriver(Driver):
                 raise DriverError("This boot image has no kernel and initrd for direct boot", "Use -o boot=cdrom")
             argv += ["-kernel", str(kernel), "-initrd", str(spec.boot.initrd), "-append", self.kernel_cmdline(accel)]
         else:
-            argv += firmware_args(self.firmware(), arch)
+            firmware = self.firmware(accel)
+            argv += firmware_args(firmware, arch)
             argv += cdrom_args(spec.boot.iso, arch)
+            tuning = self.tuning(accel)
+            if firmware is not None and tuning:
+                # The ISO boots through systemd-boot, which appends this SMBIOS string to
+                # the kernel's command line: a CD boot is tuned as a direct boot is.
+                argv += ["-smbios", f"type=11,value={option_value(SMBIOS_CMDLINE + ' '.join(tuning))}"]
         argv += ["-drive", f"file={option_value(self.disk)},if=none,id=data,format=qcow2,discard=unmap", "-device", "virtio-blk-pci,drive=data"]
         argv += ["-drive", f"file={option_value(spec.config_medium)},if=none,id=config,format=raw,readonly=on", "-device", "virtio-blk-pci,drive=config"]
         # Shared host folders over virtio-9p. security_model=none: files the guest makes
@@ -611,17 +640,11 @@ class QemuDriver(Driver):
         return argv
 
     def kernel_cmdline(self, accel: Accelerator) -> str:
-        """The image's command line, plus what only pays off under emulation.
+        """The image's command line, plus `tuning`: what a direct boot passes the kernel."""
+        return " ".join(w for w in [self.spec.boot.cmdline, *self.tuning(accel)] if w)
 
-        Emulated CPUs do not speculate, so Spectre/Meltdown mitigations only cost time;
-        without ASLR, TCG reuses its translations of ld.so and libc across processes.
-        """
-        words = [self.spec.boot.cmdline]
-        if accel.name == "tcg":
-            words.append("mitigations=off")
-        if self.options.aslr == "off" or (self.options.aslr == "auto" and accel.name == "tcg"):
-            words.append("norandmaps")
-        return " ".join(w for w in words if w)
+    def tuning(self, accel: Accelerator) -> list[str]:
+        return tuning_words(self.options, accel)
 
     def stop(self, timeout: float) -> None:
         pid = self._pid()

@@ -596,21 +596,34 @@ def test_arm64_has_no_bios(tmp_path: Path) -> None:
     assert "-o firmware=auto, uefi" in str(caught.value)
 
 
-def test_amd64_cdrom_boots_seabios_unless_uefi_is_asked_for(tmp_path: Path) -> None:
+def test_amd64_cdrom_boots_seabios_unless_uefi_is_asked_for_or_needed(tmp_path: Path) -> None:
     xdg = tmp_path / "xdg"
     ovmf = code_image(tmp_path / "ovmf" / "OVMF_CODE_4M.fd", 3653632)
     write_descriptor(xdg / "qemu" / "firmware" / "10-test-x86_64.json", ovmf, "x86_64", ["pc-i440fx-*", "pc-q35-*"], ["acpi-s3"])
     runner = Runner(env={"XDG_CONFIG_HOME": str(xdg)})
-    bios = make_driver(tmp_path, accel="tcg", boot="cdrom", runner=runner).command_line()
-    assert not any("if=pflash" in a for a in value_after(bios, "-drive")) and "-bios" not in bios
-    uefi = make_driver(tmp_path, accel="tcg", boot="cdrom", firmware="uefi", runner=runner)
+
+    def pflash(argv: list[str]) -> bool:
+        return any("if=pflash" in a for a in value_after(argv, "-drive")) or "-bios" in argv
+
+    # Accelerated: SeaBIOS and isolinux, the ISO's own command line is all it needs.
+    accelerated = make_driver(tmp_path, accel="kvm", boot="cdrom", runner=runner).command_line()
+    assert not pflash(accelerated) and "-smbios" not in accelerated
+    # Under TCG the kernel needs the emulation words, which only systemd-boot can be
+    # handed (SMBIOS Type 11): the CD boots through UEFI.
+    emulated = make_driver(tmp_path, accel="tcg", boot="cdrom", runner=runner).command_line()
+    assert f"if=pflash,format=raw,readonly=on,file={ovmf}" in value_after(emulated, "-drive")
+    assert value_after(emulated, "-smbios") == ["type=11,value=io.systemd.boot.kernel-cmdline-extra=mitigations=off norandmaps"]
+    forced_bios = make_driver(tmp_path, accel="tcg", boot="cdrom", firmware="bios", runner=runner).command_line()
+    assert not pflash(forced_bios) and "-smbios" not in forced_bios
+    uefi = make_driver(tmp_path, accel="kvm", boot="cdrom", firmware="uefi", runner=runner)
     argv = uefi.command_line()
     assert f"if=pflash,format=raw,readonly=on,file={ovmf}" in value_after(argv, "-drive")
+    assert "-smbios" not in argv
     assert "ide-cd,drive=cd0,bootindex=0" in value_after(argv, "-device")  # q35's AHCI, as with SeaBIOS
     assert uefi.details()["firmware"] == f"UEFI {ovmf} (10-test-x86_64.json)"
     # Direct kernel boot maps no firmware at all, whatever -o firmware says.
     direct = make_driver(tmp_path, accel="tcg", firmware="uefi", runner=runner)
-    assert not any("if=pflash" in a for a in value_after(direct.command_line(), "-drive"))
+    assert not pflash(direct.command_line())
     assert direct.details()["firmware"] == "none (direct kernel boot)"
 
 
