@@ -87,9 +87,10 @@ class Bench:
             raise SystemExit(f"docker {' '.join(args)} failed:\n{done.stderr}")
         return done
 
-    def import_busybox(self, env: dict) -> None:
+    def import_busybox(self, env: dict, arch: str = "") -> None:
         tarball = self.storage / "busybox.tar"
-        subprocess.run([str(ROOT / "scripts" / "busybox-rootfs.sh"), str(tarball)], check=True, env={**self.env})
+        script = [str(ROOT / "scripts" / "busybox-rootfs.sh"), str(tarball), *([arch] if arch else [])]
+        subprocess.run(script, check=True, env={**self.env, "PYMACHINE": program("pymachine")})
         self.docker("import", str(tarball), "busybox-local:latest", env=env)
 
     def cleanup(self) -> None:

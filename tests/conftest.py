@@ -49,24 +49,40 @@ def home(tmp_path: Path) -> Home:
     return Home(tmp_path / "home", progress=RecordingProgress(), cache=image_cache())
 
 
+def load_image(arch: str) -> BootImage:
+    """The built boot image of `arch`; live tests fail (not skip) without it, as CI builds both."""
+    manifest = image_cache() / manifest_name(arch)
+    if not manifest.exists():
+        pytest.fail(f"no {arch} boot image in {image_cache()}: run `PYMACHINE_CACHE_PATH={image_cache()} pymachine image build --arch all`")
+    return BootImage.from_manifest(manifest)
+
+
+def make_rootfs(arch: str, folder: Path) -> Path:
+    """A tarball of a tiny root filesystem (busybox) of `arch`, for `docker import`."""
+    from .live import program
+
+    tarball = folder / f"busybox-{arch}.tar"
+    env = {**os.environ, "PYMACHINE_CACHE_PATH": str(image_cache()), "PYMACHINE": program("pymachine")}
+    subprocess.run([str(ROOT / "scripts" / "busybox-rootfs.sh"), str(tarball), arch], check=True, env=env)
+    return tarball
+
+
 @pytest.fixture(scope="session")
 def boot_image() -> BootImage:
-    """The built boot image; live tests fail (not skip) without it, as CI must build it."""
-    manifest = image_cache() / manifest_name()
-    if not manifest.exists():
-        pytest.fail(f"no boot image in {image_cache()}: run `PYMACHINE_CACHE_PATH={image_cache()} pymachine image build`")
-    return BootImage.from_manifest(manifest)
+    """The amd64 boot image (the architecture of this project's CI host)."""
+    return load_image("amd64")
+
+
+@pytest.fixture(scope="session")
+def boot_image_arm64() -> BootImage:
+    """The arm64 boot image (Apple Silicon's architecture), which runs here under TCG."""
+    return load_image("arm64")
 
 
 @pytest.fixture(scope="session")
 def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory, boot_image: BootImage) -> Path:
-    """A tarball of a tiny root filesystem (busybox) for `docker import`: no registry needed."""
-    tarball = tmp_path_factory.mktemp("rootfs") / "busybox.tar"
-    from .live import program
-
-    env = {**os.environ, "PYMACHINE_CACHE_PATH": str(image_cache()), "PYMACHINE": program("pymachine")}
-    subprocess.run([str(ROOT / "scripts" / "busybox-rootfs.sh"), str(tarball), boot_image.arch], check=True, env=env)
-    return tarball
+    """A tarball of a tiny amd64 root filesystem (busybox) for `docker import`: no registry needed."""
+    return make_rootfs(boot_image.arch, tmp_path_factory.mktemp("rootfs"))
 
 
 @pytest.fixture(scope="session", autouse=True)
