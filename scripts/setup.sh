@@ -8,29 +8,49 @@ sudo=""
 [ "$(id -u)" = 0 ] || sudo=sudo
 
 packages=()
-command -v qemu-system-x86_64 >/dev/null || packages+=(qemu-system-x86)
-# arm64 guests (Apple Silicon's architecture) run here too, under TCG, with UEFI firmware.
-command -v qemu-system-aarch64 >/dev/null || packages+=(qemu-system-arm)
+backports=()
+# QEMU 10 or newer. Debian 12's QEMU 7.2 runs x86-64 guests under multi-threaded TCG
+# with a bug that now and then kills one at boot (see MTTCG_SAFE_FOR_X86 in
+# drivers/qemu.py; pymachine then falls back to slower single-threaded TCG). On Debian 12
+# QEMU comes from bookworm-backports (10.0), which only the packages named here use.
+codename=$(. /etc/os-release 2>/dev/null; echo "${VERSION_CODENAME:-}")
+qemu_major() { "$1" --version 2>/dev/null | sed -n 's/.*version \([0-9][0-9]*\)\..*/\1/p' | head -n 1; }
+for pair in qemu-system-x86_64:qemu-system-x86 qemu-system-aarch64:qemu-system-arm qemu-img:qemu-utils; do
+    program=${pair%%:*} package=${pair##*:}
+    major=$(qemu_major "$program")
+    if [ "$codename" = bookworm ] && [ "${major:-0}" -lt 10 ]; then
+        backports+=("$package")
+    elif [ -z "$major" ]; then
+        packages+=("$package")  # arm64 guests (Apple Silicon's architecture) run here too, under TCG
+    fi
+done
+if ((${#backports[@]})) && ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    echo "setup: adding bookworm-backports to apt's sources, for QEMU 10" >&2
+    printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+        | $sudo tee /etc/apt/sources.list.d/bookworm-backports.sources >/dev/null
+fi
+# UEFI firmware: arm64 guests boot their ISO through it, and amd64 ones under emulation.
 [ -f /usr/share/AAVMF/AAVMF_CODE.fd ] || packages+=(qemu-efi-aarch64)
 [ -f /usr/share/OVMF/OVMF_CODE.fd ] || packages+=(ovmf)
 # The tests read the boot image's EFI system partition (FAT) with independent tools.
 command -v mdir >/dev/null || packages+=(mtools)
 command -v fsck.fat >/dev/null || packages+=(dosfstools)
-command -v qemu-img >/dev/null || packages+=(qemu-utils)
 command -v dpkg-deb >/dev/null || packages+=(dpkg)
 command -v ssh >/dev/null || packages+=(openssh-client)
 command -v curl >/dev/null || packages+=(curl)
 command -v ip >/dev/null || packages+=(iproute2)
 python3 -c 'import ensurepip, venv' 2>/dev/null || packages+=(python3-venv)
 
-# The boot image is built from Debian packages fetched with `apt-get download`:
-# the package lists must be there even when nothing needs installing.
-if ((${#packages[@]})) || ! apt-cache show busybox-static >/dev/null 2>&1; then
+if ((${#packages[@]} + ${#backports[@]})); then
     $sudo apt-get update -qq
 fi
 if ((${#packages[@]})); then
     echo "setup: installing ${packages[*]}" >&2
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+fi
+if ((${#backports[@]})); then
+    echo "setup: installing ${backports[*]} from bookworm-backports" >&2
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends -t bookworm-backports "${backports[@]}" >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -79,6 +79,23 @@ USERNET_BUSY = (
 )
 
 
+def fake_qemu(folder: Path, version: str) -> Path:
+    """qemu-system-x86_64 and -aarch64 that answer --version as QEMU `version` does."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("qemu-system-x86_64", "qemu-system-aarch64"):
+        program = folder / name
+        program.write_text(f"#!/bin/sh\necho 'QEMU emulator version {version} (Debian)'\necho 'Copyright (c) 2003-2025 Fabrice Bellard and the QEMU Project developers'\n")
+        program.chmod(0o755)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def qemu_10_on_path(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The argv tests see a QEMU 10 (whose multi-threaded TCG runs x86-64 guests safely)."""
+    folder = fake_qemu(tmp_path_factory.mktemp("qemu10"), "10.0.2")
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+
+
 def make_driver(
     tmp_path: Path, *, kernel: bool = True, pvh: bool = False, cmdline: str = CMDLINE, arch: str = "amd64", runner: Runner | None = None, **options
 ) -> QemuDriver:
@@ -965,3 +982,16 @@ def test_doctor_command_shows_the_notes(tmp_path: Path, monkeypatch: pytest.Monk
     assert run_cli(["doctor", "--format", "json"]) == 0
     qemu = next(d for d in json.loads(capsys.readouterr().out)["drivers"] if d["name"] == "qemu")
     assert qemu["notes"] == details
+
+
+@pytest.mark.parametrize(("version", "arch", "mode"), [
+    ("7.2.22", "amd64", "tcg,thread=single"),
+    ("9.2.0", "amd64", "tcg,thread=single"),
+    ("10.0.2", "amd64", "tcg,thread=multi"),
+    ("7.2.22", "arm64", "tcg,thread=multi"),
+])  # fmt: skip
+def test_x86_guests_run_single_threaded_tcg_on_a_qemu_whose_mttcg_kills_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: str, arch: str, mode: str) -> None:
+    folder = fake_qemu(tmp_path / "qemu", version)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    argv = make_driver(tmp_path, accel="tcg", arch=arch).command_line()
+    assert value_after(argv, "-accel") == [mode]
