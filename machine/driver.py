@@ -338,9 +338,14 @@ class Driver(abc.ABC):
         return self.spec.directory / "serial.log" if self.supports(Feature.SERIAL_LOG) else None
 
     @classmethod
-    def supports(cls, feature: Feature) -> bool:
-        """True if this driver declares `feature`."""
-        return feature in cls.features
+    def supports(cls, feature: Feature, arch: str = "") -> bool:
+        """True if this driver declares `feature` (for guests of `arch`, when given)."""
+        return feature in (cls.arch_features(arch) if arch else cls.features)
+
+    @classmethod
+    def arch_features(cls, arch: str) -> frozenset[Feature]:
+        """The features a guest of `arch` gets; most drivers offer the same to both."""
+        return cls.features
 
     def rotate_serial_log(self) -> None:
         """Keep the previous boot's console as serial.log.1; call before each start."""

@@ -111,8 +111,8 @@ class Machines:
         if options.forward_bind == "0.0.0.0" and not cls.supports(Feature.ANY_HOST_ADDRESS):
             raise MachineError(f"The {cls.name} driver forwards on 127.0.0.1 only", "Run `pymachine create` without --forward-bind")
         driver_options = cls.options_class.parse(options.driver_options)
-        mounts = resolve_mounts(options.mounts, cls.supports(Feature.SHARED_FOLDERS), options.driver)
         arch = self._guest_arch(cls, driver_options, options.arch)
+        mounts = resolve_mounts(options.mounts, cls.supports(Feature.SHARED_FOLDERS, arch), cls.name, arch)
         with self.progress.step(f"Checking the {options.driver} driver"):
             cls.precheck(self.home.runner, driver_options, arch)
         # Before anything is made: a refusal must leave nothing to clean up.

@@ -62,12 +62,15 @@ def default_mounts(home: str | None = None) -> list[Mount]:
     return [Mount(resolved, resolved)] if Path(resolved).is_dir() else []
 
 
-def resolve_mounts(requested: list[str] | None, supported: bool, driver: str) -> list[Mount]:
+def resolve_mounts(requested: list[str] | None, supported: bool, driver: str, arch: str = "amd64") -> list[Mount]:
     """What `create` shares: the home folder when nothing was asked, none for `[]`."""
     if requested is None:
         return default_mounts() if supported else []
     if requested and not supported:
-        raise MachineError(f"The {driver} driver cannot share host folders yet", "Run `pymachine create` without --mount, or use -d qemu or -d virtualbox")
+        raise MachineError(
+            f"The {driver} driver cannot share host folders with {arch} guests yet",
+            "Run `pymachine create` without --mount, or use -d qemu",
+        )
     mounts = [parse_mount(item) for item in requested]
     guests = [m.guest for m in mounts]
     for guest in guests:

@@ -337,3 +337,11 @@ def test_parallels_guest_arches_follow_the_mac(tmp_path: Path, request: pytest.F
     assert ParallelsDriver.guest_arches(driver.runner, ParallelsOptions()) == {ARM64: NATIVE}
     as_host(request, AMD64)
     assert ParallelsDriver.guest_arches(driver.runner, ParallelsOptions()) == {AMD64: NATIVE}
+
+
+def test_virtualbox_shares_no_folders_with_arm64_guests() -> None:
+    """VirtualBox mounts shared folders with vboxsf, which Debian's arm64 kernel lacks."""
+    from pymachine.driver import Feature
+
+    assert VirtualBoxDriver.supports(Feature.SHARED_FOLDERS, "amd64")
+    assert not VirtualBoxDriver.supports(Feature.SHARED_FOLDERS, "arm64")

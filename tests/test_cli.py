@@ -123,7 +123,7 @@ def test_unknown_machine(args: list[str], storage: Path, capsys: pytest.CaptureF
         (["create", "x", "--mount", "/no/such/folder"], "Error: --mount /no/such/folder: /no/such/folder is not a folder on this host. Create it, or run `pymachine create` with another --mount folder"),
         (["create", "x", "--mount", "/:/etc/x"], "Error: --mount /:/etc/x: the guest needs /etc for itself. Run `pymachine create` with another guest path"),
         (["create", "x", "--mount", "/:rel"], "Error: --mount /:rel: the guest path must be absolute"),
-        (["create", "x", "-d", "parallels", "--mount", "/"], "Error: The parallels driver cannot share host folders yet. Run `pymachine create` without --mount, or use -d qemu or -d virtualbox"),
+        (["create", "x", "-d", "parallels", "--mount", "/"], "Error: The parallels driver cannot share host folders with amd64 guests yet. Run `pymachine create` without --mount, or use -d qemu"),
         (["rm", "ghost"], "Error: Machine 'ghost' does not exist. Run `pymachine ls`"),
         (["active"], "Error: No machine is active. Run `eval $(pymachine env NAME)` or `pymachine use NAME`"),
         (["env", "--shell", "ksh", "x"], "Error: Unknown shell 'ksh' (known: bash, zsh, sh, fish, powershell, cmd, tcsh, emacs). Run `pymachine env --help`"),

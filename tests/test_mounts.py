@@ -86,8 +86,10 @@ def test_resolve_mounts(tmp_path: Path) -> None:
     assert resolve_mounts([], supported=True, driver="qemu") == []
     assert resolve_mounts(None, supported=False, driver="parallels") == []
     assert resolve_mounts([str(tmp_path)], supported=True, driver="qemu") == [Mount(str(tmp_path), str(tmp_path))]
-    with pytest.raises(MachineError, match="The parallels driver cannot share host folders yet"):
+    with pytest.raises(MachineError, match="The parallels driver cannot share host folders with amd64 guests yet"):
         resolve_mounts([str(tmp_path)], supported=False, driver="parallels")
+    with pytest.raises(MachineError, match="The virtualbox driver cannot share host folders with arm64 guests yet"):
+        resolve_mounts([str(tmp_path)], supported=False, driver="virtualbox", arch="arm64")
     with pytest.raises(MachineError, match="two folders would both appear at /app"):
         resolve_mounts([f"{tmp_path}:/app", f"{tmp_path}:/app:ro"], supported=True, driver="qemu")
 

@@ -171,6 +171,14 @@ class VirtualBoxDriver(Driver):
         self._backend: Backend | None = None
         self._backend_reason = ""
 
+    @classmethod
+    def arch_features(cls, arch: str) -> frozenset[Feature]:
+        """No shared folders for arm64 guests: VirtualBox mounts them with its vboxsf
+        module, which Debian's arm64 kernel does not build."""
+        if arch == "arm64":
+            return cls.features - {Feature.SHARED_FOLDERS}
+        return cls.features
+
     # -- paths and names ----------------------------------------------------------------
 
     @property
