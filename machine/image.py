@@ -20,7 +20,7 @@ from typing import Any
 from pymachine import __version__
 from pymachine.arch import AMD64
 from pymachine.errors import ImageError
-from pymachine.guest.iso9660 import SECTOR, volume_id
+from pymachine.guest.iso9660 import SECTOR, efi_boot_arches, volume_id
 from pymachine.guest.provision import EngineBundle
 from pymachine.store import MachineConfig
 
@@ -120,6 +120,12 @@ class BootImage:
             ) from None
         if volume_id(head) != BOOT_VOLUME_ID:
             raise ImageError(f"{iso_path} is not a pymachine boot image (volume id '{volume_id(head)}')", "Pass the pymachine boot ISO to --iso")
+        arches = efi_boot_arches(iso_path)
+        if arches and arch not in arches:
+            raise ImageError(
+                f"{iso_path} is an {' and '.join(sorted(arches))} boot image, and this machine's guest is {arch}",
+                f"Pass the {arch} image to --iso, or run `pymachine create --arch {sorted(arches)[0]}`",
+            )
         # A foreign ISO boots from the CD only: its kernel may not match the cache's.
         same = built.iso.resolve() == iso_path or _same_file(built.iso, iso_path)
         return cls(

@@ -74,3 +74,38 @@ def test_a_missing_release_is_a_one_line_error(tmp_path: Path, release) -> None:
     with pytest.raises(ImageError) as failure:
         BootImage.locate(tmp_path / "cache", f"{base}/nowhere/pymachine-x.iso")
     assert "HTTP 404" in str(failure.value) and "\n" not in str(failure.value)
+
+
+def boot_iso(path: Path, efi_file: str) -> Path:
+    """A pymachine-labelled ISO whose EFI system partition boots `efi_file`."""
+    from pymachine.guest.fat import FatImage
+    from pymachine.guest.iso9660 import IsoWriter
+
+    esp = FatImage("PYMACHINE", timestamp=0)
+    esp.add_file(f"EFI/BOOT/{efi_file}", b"MZ not really an EFI program")
+    writer = IsoWriter("PYMACHINE", timestamp=0)
+    writer.add_fat_image("boot/esp.img", esp)
+    writer.set_efi_boot("boot/esp.img")
+    path.write_bytes(writer.write())
+    return path
+
+
+def test_an_iso_of_the_other_architecture_is_refused_naming_the_fix(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    iso = boot_iso(cache / "pymachine-0.1.0-amd64.iso", "BOOTX64.EFI")
+    bundle = cache / "docker-engine-26.1.5-amd64.tar.zst"
+    bundle.write_bytes(b"bundle")
+    artifacts = {
+        "iso": {"file": iso.name, "sha256": hashlib.sha256(iso.read_bytes()).hexdigest(), "size": iso.stat().st_size},
+        "engine": {"file": bundle.name, "sha256": hashlib.sha256(b"bundle").hexdigest(), "size": 6, "version": "26.1.5"},
+    }
+    (cache / manifest_name("amd64")).write_text(json.dumps({"version": "0.1.0", "arch": "amd64", "artifacts": artifacts}))
+    arm = boot_iso(tmp_path / "arm.iso", "BOOTAA64.EFI")
+    assert BootImage.locate(cache, str(iso), arch="amd64").arch == "amd64"
+    with pytest.raises(ImageError) as caught:
+        BootImage.locate(cache, str(arm), arch="amd64")
+    assert str(caught.value) == (
+        f"{arm} is an arm64 boot image, and this machine's guest is amd64. "
+        "Pass the amd64 image to --iso, or run `pymachine create --arch arm64`"
+    )
