@@ -381,8 +381,8 @@ def _convert(key: str, raw: str, hint: Any) -> Any:
 
 
 def driver_names() -> list[str]:
-    """Every registered driver name, sorted."""
-    return sorted(ep.name for ep in _entry_points())
+    """Every registered driver name, sorted (once, even if two metadata copies list it)."""
+    return sorted({ep.name for ep in _entry_points()})
 
 
 def load_driver(name: str) -> type[Driver]:

@@ -93,7 +93,9 @@ def classify(pid: int, name: str, argv: list[str]) -> VMProcess | None:
     if family == VIRTUALBOX:
         vm = _argument(argv, "--comment", "--startvm")
     elif family == PARALLELS:
-        vm = Path(_argument(argv, "--openvm")).stem if _argument(argv, "--openvm") else ""
+        # macOS's ps joins argv with spaces, and VM bundles live in folders with spaces.
+        bundle = re.search(r"--openvm[= ](.+?\.pvm)\b", " ".join(argv))
+        vm = Path(bundle.group(1)).stem if bundle else ""
     return VMProcess(pid, family, vm, True)
 
 

@@ -412,7 +412,7 @@ class Machine:
     def upgrade(self) -> None:
         """Move the machine to the current boot image and engine bundle, restarting it."""
         with self.changing():
-            image = BootImage.locate(self.home.cache, arch=self.config.arch)
+            image = BootImage.locate(self.home.cache, arch=self.config.arch, note=self.home.progress.note)
             driver = self.driver()
             if driver.state() == State.RUNNING:
                 with self.home.progress.step(f"Stopping machine '{self.name}'"):

@@ -50,6 +50,8 @@ class CreateOptions:
     force: bool = False
     #: the guest's architecture; None is the host's own
     arch: str | None = None
+    #: let `iso` be a plain http:// URL (releases are fetched over https:// only otherwise)
+    allow_http: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,11 @@ class Machines:
             cls.precheck(self.home.runner, driver_options, arch)
         # Before anything is made: a refusal must leave nothing to clean up.
         check_before_start(self.home.runner, cls, driver_options, options.force, self.progress, arch)
-        image = BootImage.locate(self.home.cache, options.iso, download_progress=self.progress.transfer, arch=arch)
+        if options.iso and "://" in options.iso:
+            with self.progress.step("Fetching the release's boot image"):
+                image = BootImage.locate(self.home.cache, options.iso, self.progress.transfer, arch, options.allow_http, self.progress.note)
+        else:
+            image = BootImage.locate(self.home.cache, options.iso, arch=arch, note=self.progress.note)
         if image.arch != arch:
             raise ImageError(f"{image.iso} is an {image.arch} boot image, and this machine's guest is {arch}", f"Pass an {arch} image to --iso, or `--arch {image.arch}`")
 

@@ -256,7 +256,7 @@ class Store:
         if version > CONFIG_VERSION:
             raise StoreError(
                 f"Machine '{name}' was saved by a newer pymachine (config version {version}; this one reads up to {CONFIG_VERSION})",
-                "Upgrade pymachine with `pip install -U pymachine`",
+                "Upgrade pymachine with `pipx upgrade pymachine-vm` (or `pip install -U pymachine-vm`)",
             )
         while version < CONFIG_VERSION:
             step = MIGRATIONS.get(version)

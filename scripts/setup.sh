@@ -59,7 +59,25 @@ fi
 # An editable install of the one package, pymachine, mapped over machine/, drivers/ and
 # iso/. strict mode: a tree of links under build/ on a plain path entry; the default
 # mode's import hook costs about 20 ms at every start of Python, `pymachine env` included.
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[image,test]' --config-settings editable_mode=strict
+# The distribution was called "pymachine" before it took its free PyPI name.
+.venv/bin/python -m pip uninstall -q -y pymachine >/dev/null 2>&1 || true
+# The image distributions (pymachine-vm-image-ARCH) are left out: a development checkout
+# builds its own image, and they exist only once scripts/dist.sh has made them.
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e . --config-settings editable_mode=strict
+.venv/bin/python - <<'PY' > .venv/requirements-dev.txt
+import tomllib
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+wanted = project["dependencies"] + project["optional-dependencies"]["image"] + project["optional-dependencies"]["test"]
+print("\n".join(r for r in wanted if not r.startswith("pymachine-vm-image-")))
+PY
+.venv/bin/python -m pip install -q --disable-pip-version-check -r .venv/requirements-dev.txt
+# pymachine-vm's own dependencies as wheels, from PyPI, for the test that installs the
+# release's wheels into a fresh virtualenv inside a network namespace.
+.venv/bin/python - <<'PY' > .venv/requirements-runtime.txt
+import tomllib
+print("\n".join(r for r in tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"] if not r.startswith("pymachine-vm-image-")))
+PY
+.venv/bin/python -m pip download -q --disable-pip-version-check --only-binary=:all: -d .venv/wheelhouse -r .venv/requirements-runtime.txt
 # Compiled once here: PYTHONDONTWRITEBYTECODE would otherwise make every run recompile.
 .venv/bin/python -m compileall -q "$(.venv/bin/python -c 'import os, pymachine; print(os.path.dirname(pymachine.__file__))')" >/dev/null
 

@@ -172,8 +172,10 @@ def _error_line_last(code: int, out: str, err: str) -> str:
 
 def test_create_without_a_boot_image_says_how_to_get_one_and_leaves_nothing(storage: Path, fake_qemu_on_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     line = _error_line_last(*cli(capsys, "create", "dev"))
-    assert "No boot image in" in line
-    assert "`pymachine image build`" in line and "--iso URL" in line
+    assert line == (
+        "Error: No amd64 boot image here. Install it with `pipx inject pymachine-vm pymachine-vm-image-amd64` "
+        "(or `pip install pymachine-vm-image-amd64`), or build it on Debian with `pymachine image build --arch amd64`"
+    )
     assert Store(storage).names() == []
     assert not (storage / "machines" / "dev").exists()
     assert not (storage / "certs").exists()
@@ -206,7 +208,7 @@ def test_config_from_the_future_is_refused_in_one_line(args: list[str], storage:
     line = assert_one_line_error(*cli(capsys, *args))
     assert line == (
         f"Error: Machine 'future' was saved by a newer pymachine (config version {CONFIG_VERSION + 5}; "
-        f"this one reads up to {CONFIG_VERSION}). Upgrade pymachine with `pip install -U pymachine`"
+        f"this one reads up to {CONFIG_VERSION}). Upgrade pymachine with `pipx upgrade pymachine-vm` (or `pip install -U pymachine-vm`)"
     )
     assert (storage / "machines" / "future" / "config.json").exists()
 

@@ -98,3 +98,29 @@ def test_processes_end_when_the_test_ends(tmp_path: Path) -> None:
     pid = vms.start("VBoxHeadless", "--comment", "gone")
     vms.stop_all()
     assert ours(HypervisorGuard(Runner()), pid) is None
+
+
+def test_on_macos_the_guard_reads_ps_as_a_mac_prints_it(tmp_path: Path) -> None:
+    """On a Mac there is no /proc: the guard runs `ps`, here a faithful fake of macOS's."""
+    from .fakes import macos
+    from .fakes.tools import install
+
+    mac = macos.FakeMac(tmp_path / "mac.json").initialise()
+    mac.run(4242, "/Applications/VirtualBox.app/Contents/Resources/VirtualBoxVM.app/Contents/MacOS/VirtualBoxVM", "--comment", "win11", "--startvm", "1f2e3d4c", "--no-startvm-errormsgbox")
+    mac.run(4343, "/Applications/Parallels Desktop.app/Contents/MacOS/Parallels VM.app/Contents/MacOS/prl_vm_app", "--openvm", "/Users/John Smith/Parallels/Ubuntu 22.04.pvm")
+    mac.run(4444, "/opt/homebrew/bin/qemu-system-aarch64", "-name", "pymachine-dev", "-machine", "virt,accel=hvf", "-accel", "hvf")
+    mac.run(4545, "/System/Applications/Utilities/Terminal.app/Contents/MacOS/Terminal")
+    runner = Runner(path=str(install(tmp_path / "bin", "ps")), env={macos.STATE_ENV: str(mac.path)})
+    guard = HypervisorGuard(runner, proc_root=tmp_path / "no-proc")
+    found = {vm.pid: vm for vm in guard.running_vms()}
+    assert sorted(found) == [4242, 4343, 4444]
+    assert (found[4242].family, found[4242].vm) == ("VirtualBox", "win11")
+    assert (found[4343].family, found[4343].vm) == ("Parallels", "Ubuntu 22.04")
+    assert (found[4444].family, found[4444].vm, found[4444].accelerated) == ("QEMU", "pymachine-dev", True)
+    with pytest.raises(HypervisorConflict) as caught:
+        guard.check("qemu")
+    assert "VirtualBox VM 'win11' (pid 4242; stop it with `VBoxManage controlvm 'win11' acpipowerbutton`)" in str(caught.value)
+    assert "Parallels VM 'Ubuntu 22.04' (pid 4343; stop it with `prlctl stop 'Ubuntu 22.04'`)" in str(caught.value)
+    calls = mac.calls()
+    assert calls[0] == ["ps", "-axo", "pid=,comm="]
+    assert ["ps", "-o", "args=", "-p", "4545"] not in calls, "only VM processes are looked at"

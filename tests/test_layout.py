@@ -172,3 +172,15 @@ def test_no_import_cycles() -> None:
 def test_each_room_has_its_package(room_name: str) -> None:
     assert (ROOT / "machine" / room_name / "__init__.py").is_file()
     assert any(room(m) == room_name for m in modules())
+
+
+def test_the_distribution_and_the_package_have_one_version() -> None:
+    import tomllib
+
+    from pymachine import __version__
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["name"] == "pymachine-vm", "the PyPI name `pymachine` is another project's"
+    assert project["version"] == __version__
+    pins = [r for r in project["dependencies"] if r.startswith("pymachine-vm-image-")]
+    assert len(pins) == 2 and all(f"=={__version__};" in r.replace(" ", "") for r in pins)

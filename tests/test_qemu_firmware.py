@@ -11,7 +11,6 @@ import pytest
 
 from pymachine.drivers.qemu_firmware import FirmwareChoice, FirmwareDescriptor, choose_uefi, descriptor_files, read_descriptors, search_folders
 
-
 #: The size of QEMU virt's flash, and so of an arm64 UEFI code image (AAVMF_CODE.fd).
 FLASH_BYTES = 64 * 1024 * 1024
 

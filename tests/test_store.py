@@ -270,7 +270,7 @@ def test_config_from_the_future_is_refused(store: Store) -> None:
     message = str(caught.value)
     assert "newer pymachine" in message
     assert f"config version {CONFIG_VERSION + 1}" in message
-    assert "`pip install -U pymachine`" in message
+    assert "`pipx upgrade pymachine-vm`" in message
 
 
 def test_older_version_without_a_migration_is_refused(store: Store) -> None:

@@ -135,6 +135,7 @@ def create(
     no_mounts: bool = typer.Option(False, "--no-mounts", help="Share no host folder, not even your home folder."),
     force: bool = typer.Option(False, "--force", help="Start even while another hypervisor runs VMs."),
     arch: Optional[str] = typer.Option(None, "--arch", help="The guest's architecture, amd64 or arm64 (default: this host's; another one runs emulated)."),
+    allow_http: bool = typer.Option(False, "--allow-http", help="Let --iso be a plain http:// URL (otherwise releases are fetched over https:// only)."),
 ) -> None:
     """Create a machine: a VM with Docker installed, secured with TLS, ready to use.
 
@@ -160,6 +161,7 @@ def create(
         mounts=[] if no_mounts else (mount or None),
         force=force,
         arch=arch,
+        allow_http=allow_http,
     )
     started = time.monotonic()
     machines.create(name, options)
@@ -526,13 +528,63 @@ def image_build(
 
         from pymachine.iso.build import ImageBuilder
     except ImportError:
-        raise MachineError("Building the boot image needs pymachine's image extra", "Run `pip install 'pymachine[image]'`") from None
+        raise MachineError("Building the boot image needs pymachine's image extra", "Run `pip install 'pymachine-vm[image]'`") from None
     home = _session(ctx).home
     assert home.cache is not None
     for target in _image_arches(arch):
         artifacts = ImageBuilder(home.cache, home.image_work_dir, home.runner, home.progress, arch=target).build(force=force)
         for kind in sorted(artifacts.manifest["artifacts"]):
             print(f"{kind}: {artifacts.path(kind)}")
+
+
+@image_app.command("ls")
+def image_ls(
+    ctx: typer.Context,
+    arch: Optional[str] = typer.Option("all", "--arch", help="amd64, arm64 or all."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table or json."),
+) -> None:
+    """List the boot images `create` can use, and which one it would use, per architecture."""
+    from pymachine.errors import ImageError
+    from pymachine.image import candidates, choose
+
+    home = _session(ctx).home
+    assert home.cache is not None
+    rows = []
+    for target in _image_arches(arch):
+        found = candidates(home.cache, target)
+        try:
+            chosen = choose(found, target)
+        except ImageError:
+            chosen = None
+        rows += [c.as_dict(chosen=c.image is not None and c.image == chosen) for c in found]
+        if not found:
+            rows.append({"Source": "none", "Arch": target, "Version": "", "Chosen": False, "ISO": "", "Engine": "", "Manifest": "", "Problem": f"no {target} image: `pymachine image build --arch {target}` or `pip install pymachine-vm-image-{target}`"})
+    if fmt == "json":
+        print(json.dumps(rows, indent=2))
+        return
+    if fmt != "table":
+        raise MachineError(f"Unknown format '{fmt}' (use table or json)", "Run `pymachine image ls --help`")
+    table = [("ARCH", "SOURCE", "VERSION", "ENGINE", "USED", "WHERE")]
+    for r in rows:
+        table.append((r["Arch"], r["Source"], r["Version"], r["Engine"], "*" if r["Chosen"] else "-", r["Problem"] or r["ISO"]))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("   ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+
+
+@image_app.command("dist", hidden=True)
+def image_dist(
+    ctx: typer.Context,
+    out: Path = typer.Option(Path("dist"), "--out", help="The folder to write the wheels into."),
+    arch: Optional[str] = typer.Option("all", "--arch", help="amd64, arm64 or all."),
+) -> None:
+    """Write the image distributions (pymachine-vm-image-ARCH wheels) from the built images, for releases."""
+    from pymachine.iso.dist import write_image_wheel
+
+    home = _session(ctx).home
+    assert home.cache is not None
+    for target in _image_arches(arch):
+        print(write_image_wheel(home.cache, target, out))
 
 
 @image_app.command("path")

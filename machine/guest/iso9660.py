@@ -23,7 +23,7 @@ import re
 import struct
 import time
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from pymachine.arch import AMD64, ARM64
 from pymachine.guest.fat import FatExtent, FatImage, FatReader
@@ -406,12 +406,12 @@ def _boot_info_table(data: bytes, pvd_lba: int, file_lba: int) -> bytes:
     return data[:8] + table + data[64:]
 
 
-def read_files(image: bytes) -> dict[str, bytes]:
-    """Every file in an image written by IsoWriter, keyed by lower-case path (for tests and checks)."""
+def _entries(image) -> dict[str, tuple[int, int]]:
+    """path (lower case) -> (first sector, size) of every file of an ISO 9660 image."""
     pvd = image[16 * SECTOR : 17 * SECTOR]
     if pvd[1:6] != b"CD001":
         raise ValueError("not an ISO 9660 image")
-    out: dict[str, bytes] = {}
+    out: dict[str, tuple[int, int]] = {}
 
     def walk(record: bytes, prefix: str) -> None:
         lba = struct.unpack("<I", record[2:6])[0]
@@ -432,12 +432,24 @@ def read_files(image: bytes) -> dict[str, bytes]:
             if rec[25] & 2:
                 walk(rec, f"{prefix}{name}/")
             else:
-                flba = struct.unpack("<I", rec[2:6])[0]
-                fsize = struct.unpack("<I", rec[10:14])[0]
-                out[prefix + name] = image[flba * SECTOR : flba * SECTOR + fsize]
+                out[prefix + name] = (struct.unpack("<I", rec[2:6])[0], struct.unpack("<I", rec[10:14])[0])
 
     walk(pvd[156:190], "")
     return out
+
+
+def read_files(image: bytes) -> dict[str, bytes]:
+    """Every file in an image written by IsoWriter, keyed by lower-case path (for tests and checks)."""
+    return {path: image[lba * SECTOR : lba * SECTOR + size] for path, (lba, size) in _entries(image).items()}
+
+
+def read_file(iso: Path, path: str) -> bytes:
+    """One file of the ISO at `iso`, read without loading the rest (KeyError if absent)."""
+    import mmap
+
+    with open(iso, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as image:
+        lba, size = _entries(image)[path.lower()]
+        return bytes(image[lba * SECTOR : lba * SECTOR + size])
 
 
 def volume_id(image_head: bytes) -> str:

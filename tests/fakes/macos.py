@@ -1,4 +1,4 @@
-"""Fakes of three macOS tools: `sysctl`, `codesign` and `sw_vers`, as a Mac prints them.
+"""Fakes of four macOS tools: `sysctl`, `codesign`, `sw_vers` and `ps`, as a Mac prints them.
 
 Run as `python macos.py PROGRAM ARGS...` by the wrappers tools.py writes. What the Mac
 is (its sysctl values, its version, which binaries are signed with which entitlements)
@@ -19,6 +19,10 @@ Output shapes, from macOS and from public reports of them:
   binary: `PATH: code object is not signed at all`, exit 1; a missing one:
   `PATH: No such file or directory`, exit 1. A signature without entitlements prints
   only the Executable line.
+- `ps -axo pid=,comm=` prints each process's PID right-aligned in five columns, a space,
+  and `comm`, which on macOS is the executable's whole path (spaces included, not cut at
+  16 characters as on Linux); `ps -o args= -p PID` prints its command line joined with
+  spaces, and nothing (exit 1) for a PID that does not exist.
 - `sw_vers` prints `ProductName:`, `ProductVersion:` and `BuildVersion:` lines (two tabs
   after the first two names, one after the last, as macOS 11 and later do);
   `sw_vers -productVersion` prints the version alone.
@@ -57,8 +61,14 @@ class FakeMac:
         sysctl = {"kern.hv_support": hv_support, "machdep.cpu.brand_string": chip, "hw.optional.arm64": "1", "kern.osproductversion": macos}
         if sme is not None:
             sysctl["hw.optional.arm.FEAT_SME"] = sme
-        self.save({"sysctl": sysctl, "sw_vers": {"ProductName": "macOS", "ProductVersion": macos, "BuildVersion": build}, "binaries": {}, "log": []})
+        self.save({"sysctl": sysctl, "sw_vers": {"ProductName": "macOS", "ProductVersion": macos, "BuildVersion": build}, "binaries": {}, "processes": [], "log": []})
         return self
+
+    def run(self, pid: int, executable: str, *args: str) -> None:
+        """A process this Mac runs: its executable's path and its arguments."""
+        data = self.load()
+        data.setdefault("processes", []).append({"pid": pid, "comm": executable, "args": " ".join([executable, *args])})
+        self.save(data)
 
     def intel(self, macos: str = "13.6.7", hv_support: str = "1") -> FakeMac:
         """An Intel Mac: no hw.optional.arm.* names at all."""
@@ -95,7 +105,7 @@ def main(argv: list[str]) -> int:
     data = fake.load()
     data["log"].append([program, *args])
     fake.save(data)
-    handler = {"sysctl": sysctl, "codesign": codesign, "sw_vers": sw_vers}[program]
+    handler = {"sysctl": sysctl, "codesign": codesign, "sw_vers": sw_vers, "ps": ps}[program]
     return handler(data, args)
 
 
@@ -183,6 +193,23 @@ def tree(entitlements: dict[str, Any]) -> str:
         shown = str(value).lower() if isinstance(value, bool) else str(value)
         lines += [f"\t[Key] {key}", "\t[Value]", f"\t\t[{kind}] {shown}"]
     return "\n".join(lines) + "\n"
+
+
+def ps(data: dict[str, Any], args: list[str]) -> int:
+    """The two forms the hypervisor guard uses: `-axo pid=,comm=` and `-o args= -p PID`."""
+    processes = data.get("processes", [])
+    if args == ["-axo", "pid=,comm="]:
+        for proc in [{"pid": 1, "comm": "/sbin/launchd", "args": "/sbin/launchd"}, *processes]:
+            sys.stdout.write(f"{proc['pid']:>5} {proc['comm']}\n")
+        return 0
+    if len(args) == 4 and args[:2] == ["-o", "args="] and args[2] == "-p" and args[3].isdigit():
+        found = [p for p in processes if p["pid"] == int(args[3])]
+        if not found:
+            return 1
+        sys.stdout.write(found[0]["args"] + "\n")
+        return 0
+    sys.stderr.write("usage: ps [-AaCcEefhjlMmrSTvwXx] [-O fmt | -o fmt] [-G gid[,gid...]]\n          [-g grp[,grp...]] [-u [uid,uid...]]\n          [-p pid[,pid...]] [-t tty[,tty...]] [-U user[,user...]]\n       ps [-L]\n")
+    return 1
 
 
 def sw_vers(data: dict[str, Any], args: list[str]) -> int:

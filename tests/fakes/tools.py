@@ -16,6 +16,7 @@ PROGRAMS = {
     "sysctl": "macos.py",
     "codesign": "macos.py",
     "sw_vers": "macos.py",
+    "ps": "macos.py",
 }
 
 
