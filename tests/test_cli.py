@@ -322,7 +322,7 @@ def test_ls_quiet_json_and_template(three_machines: Path, capsys: pytest.Capture
     assert code == 0
     rows = json.loads(out)
     assert [r["Name"] for r in rows] == ["dev", "future", "half"]
-    assert rows[0] == {"Name": "dev", "Active": False, "Driver": "qemu", "Arch": "amd64", "State": "Stopped", "URL": "", "Docker": "v20.10.24", "Error": ""}
+    assert rows[0] == {"Name": "dev", "Active": False, "Driver": "qemu", "Arch": "amd64", "State": "Stopped", "URL": "", "Docker": "v20.10.24", "Error": "", "HostMemoryMB": None}
     assert rows[2]["State"] == "Error" and rows[2]["Error"] == "incomplete: no config.json"
     code, out, _ = cli(capsys, "ls", "--format", "{{.Name}}\\t{{.State}} {{json .Active}} {{ .Driver }}")
     assert code == 0
@@ -383,7 +383,7 @@ def test_ls_bad_filter_and_bad_template_field(three_machines: Path, capsys: pyte
     line = assert_one_line_error(*cli(capsys, "ls", "--filter", "colour=red"))
     assert line == "Error: Unknown filter 'colour' (use name=, driver= or state=). Run `pymachine ls --help`"
     line = assert_one_line_error(*cli(capsys, "ls", "--format", "{{.Colour}}"))
-    assert line.startswith("Error: Unknown field 'Colour' in --format. Fields: Active, Arch, Docker, Driver, Error, Name, State, URL")
+    assert line.startswith("Error: Unknown field 'Colour' in --format. Fields: Active, Arch, Docker, Driver, Error, HostMemoryMB, Name, State, URL")
 
 
 def test_queries_of_a_stopped_machine(three_machines: Path, capsys: pytest.CaptureFixture[str]) -> None:
