@@ -437,3 +437,24 @@ def test_entry_point_version(tmp_path: Path) -> None:
 def test_entry_point_ls_json_on_an_empty_store(tmp_path: Path) -> None:
     done = run(tmp_path, "ls", "--format", "json")
     assert (done.returncode, done.stdout, done.stderr) == (0, "[]\n", "")
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_an_interrupted_command_says_so(storage: Path, sig: str) -> None:
+    """Ctrl-C or `kill` of `logs -f`: exit status 130 and "Error: Interrupted." (typer
+    alone would exit 130 in silence)."""
+    import signal
+    import time
+
+    directory = add_machine(storage, "dev", status=STATUS_READY)
+    (directory / "serial.log").write_text("booting\n")
+    proc = subprocess.Popen([str(PYMACHINE), "logs", "-f", "dev"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "booting\n"
+        time.sleep(0.3)
+        proc.send_signal(getattr(signal, sig))
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert err == "Error: Interrupted.\n"
