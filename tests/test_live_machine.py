@@ -46,6 +46,8 @@ def test_create_gives_a_working_docker(cli: CLI) -> None:
     rows = json.loads(cli.pm("ls", "--format", "json").stdout)
     assert [(r["Name"], r["State"], r["Driver"]) for r in rows] == [(NAME, "Running", "qemu")]
     assert rows[0]["URL"].startswith("tcp://127.0.0.1:")
+    # `version NAME` and ls's DOCKER column give the same number (no Debian +dfsg1 suffix)
+    assert "v" + cli.pm("version", NAME).stdout.strip() == rows[0]["Docker"]
 
     cli.docker(NAME, "import", str(cli.rootfs), "busybox-local:latest")
     out = cli.docker(NAME, "run", "--rm", "busybox-local", "echo", "hello from the guest").stdout

@@ -391,7 +391,8 @@ def version(ctx: typer.Context, name: Optional[str] = typer.Argument(None, help=
         print(f"pymachine {__version__}")
         return
     info = _session(ctx).machine(name).docker_version()
-    print(info.get("Version", "unknown"))
+    # Debian's engine says 26.1.5+dfsg1 (its repacked source); ls and the docs say 26.1.5.
+    print(re.split(r"[+~]", str(info.get("Version") or "unknown"))[0])
 
 
 @app.command()
