@@ -46,6 +46,9 @@ def test_create_gives_a_working_docker(cli: CLI) -> None:
     rows = json.loads(cli.pm("ls", "--format", "json").stdout)
     assert [(r["Name"], r["State"], r["Driver"]) for r in rows] == [(NAME, "Running", "qemu")]
     assert rows[0]["URL"].startswith("tcp://127.0.0.1:")
+    # the console log shows the boot: the kernel's own messages, then pymachine's
+    console = cli.pm("logs", NAME).stdout
+    assert "Linux version" in console and "pymachine:" in console
     # `version NAME` and ls's DOCKER column give the same number (no Debian +dfsg1 suffix)
     assert "v" + cli.pm("version", NAME).stdout.strip() == rows[0]["Docker"]
 
