@@ -36,6 +36,12 @@ def run_cli(args: list[str]) -> int:
     from pymachine.cli.output import error as _error
 
     command = _typer_command(app)
+    from pymachine.cli.completion import answer, requested, with_machine_names
+
+    instruction = requested()
+    if instruction:
+        # A Tab press in a shell that sourced `pymachine completion SHELL`.
+        return answer(with_machine_names(command), instruction)
     session = Session()
     # typer turns a KeyboardInterrupt into a silent exit status 130, indistinguishable
     # from a remote command's own 130: remember that a signal came.
