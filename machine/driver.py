@@ -333,6 +333,10 @@ class Driver(abc.ABC):
         """Driver facts for `pymachine inspect` (backend, accelerator, paths)."""
         return {}
 
+    def host_memory_mb(self) -> int | None:
+        """The VM's resident memory on this host in MiB, or None where the hypervisor does not say."""
+        return None
+
     def serial_log(self) -> Path | None:
         """The file holding the guest's serial console, where the driver keeps one (SERIAL_LOG)."""
         return self.spec.directory / "serial.log" if self.supports(Feature.SERIAL_LOG) else None

@@ -498,7 +498,15 @@ class Machine:
             if data["state"] == State.RUNNING.value:
                 forwards = driver.list_forwards()
         data["forwards"] = [str(f) for f in forwards]
+        data["host_memory_mb"] = self.host_memory_mb() if data["state"] == State.RUNNING.value else None
         return data
+
+    def host_memory_mb(self) -> int | None:
+        """What the VM holds of this host's memory now, where its driver can tell."""
+        try:
+            return self.driver().host_memory_mb()
+        except MachineError:
+            return None
 
     def docker_flags(self) -> str:
         """`pymachine config`: docker CLI flags that reach the machine."""

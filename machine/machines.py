@@ -66,6 +66,8 @@ class MachineInfo:
     url: str
     docker: str
     error: str
+    #: the memory the machine's VM holds on this host now, where its driver can tell
+    host_memory_mb: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +79,7 @@ class MachineInfo:
             "URL": self.url,
             "Docker": self.docker,
             "Error": self.error,
+            "HostMemoryMB": self.host_memory_mb,
         }
 
 
@@ -202,7 +205,8 @@ class Machines:
             return MachineInfo(name, name == active, config.driver, config.arch, State.ERROR.value, "", "", str(exc))
         url = config.docker_url if state == State.RUNNING.value else ""
         docker = f"v{config.engine_version}" if config.engine_version else ""
-        return MachineInfo(name, name == active, config.driver, config.arch, state, url, docker, config.error)
+        memory = machine.host_memory_mb() if state in (State.RUNNING.value, State.STARTING.value) else None
+        return MachineInfo(name, name == active, config.driver, config.arch, state, url, docker, config.error, memory)
 
 
 def _in_thread(fn: Any, *args: Any) -> Future:

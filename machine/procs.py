@@ -96,3 +96,23 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+
+
+def resident_mb(pid: int) -> int | None:
+    """The process's resident memory in MiB, or None when the OS will not say."""
+    status = Path(f"/proc/{pid}/status")
+    if status.exists():
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) // 1024
+        except (OSError, ValueError, IndexError):
+            return None
+        return None
+    if sys.platform == "darwin":
+        try:
+            out = subprocess.run(["ps", "-o", "rss=", "-p", str(pid)], capture_output=True, text=True, timeout=2)
+            return int(out.stdout.split()[0]) // 1024
+        except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
+            return None
+    return None

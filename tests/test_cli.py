@@ -322,7 +322,7 @@ def test_ls_quiet_json_and_template(three_machines: Path, capsys: pytest.Capture
     assert code == 0
     rows = json.loads(out)
     assert [r["Name"] for r in rows] == ["dev", "future", "half"]
-    assert rows[0] == {"Name": "dev", "Active": False, "Driver": "qemu", "Arch": "amd64", "State": "Stopped", "URL": "", "Docker": "v20.10.24", "Error": ""}
+    assert rows[0] == {"Name": "dev", "Active": False, "Driver": "qemu", "Arch": "amd64", "State": "Stopped", "URL": "", "Docker": "v20.10.24", "Error": "", "HostMemoryMB": None}
     assert rows[2]["State"] == "Error" and rows[2]["Error"] == "incomplete: no config.json"
     code, out, _ = cli(capsys, "ls", "--format", "{{.Name}}\\t{{.State}} {{json .Active}} {{ .Driver }}")
     assert code == 0
@@ -383,7 +383,7 @@ def test_ls_bad_filter_and_bad_template_field(three_machines: Path, capsys: pyte
     line = assert_one_line_error(*cli(capsys, "ls", "--filter", "colour=red"))
     assert line == "Error: Unknown filter 'colour' (use name=, driver= or state=). Run `pymachine ls --help`"
     line = assert_one_line_error(*cli(capsys, "ls", "--format", "{{.Colour}}"))
-    assert line.startswith("Error: Unknown field 'Colour' in --format. Fields: Active, Arch, Docker, Driver, Error, Name, State, URL")
+    assert line.startswith("Error: Unknown field 'Colour' in --format. Fields: Active, Arch, Docker, Driver, Error, HostMemoryMB, Name, State, URL")
 
 
 def test_queries_of_a_stopped_machine(three_machines: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -437,3 +437,24 @@ def test_entry_point_version(tmp_path: Path) -> None:
 def test_entry_point_ls_json_on_an_empty_store(tmp_path: Path) -> None:
     done = run(tmp_path, "ls", "--format", "json")
     assert (done.returncode, done.stdout, done.stderr) == (0, "[]\n", "")
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_an_interrupted_command_says_so(storage: Path, sig: str) -> None:
+    """Ctrl-C or `kill` of `logs -f`: exit status 130 and "Error: Interrupted." (typer
+    alone would exit 130 in silence)."""
+    import signal
+    import time
+
+    directory = add_machine(storage, "dev", status=STATUS_READY)
+    (directory / "serial.log").write_text("booting\n")
+    proc = subprocess.Popen([str(PYMACHINE), "logs", "-f", "dev"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "booting\n"
+        time.sleep(0.3)
+        proc.send_signal(getattr(signal, sig))
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert err == "Error: Interrupted.\n"

@@ -46,6 +46,11 @@ def test_create_gives_a_working_docker(cli: CLI) -> None:
     rows = json.loads(cli.pm("ls", "--format", "json").stdout)
     assert [(r["Name"], r["State"], r["Driver"]) for r in rows] == [(NAME, "Running", "qemu")]
     assert rows[0]["URL"].startswith("tcp://127.0.0.1:")
+    # the console log shows the boot: the kernel's own messages, then pymachine's
+    console = cli.pm("logs", NAME).stdout
+    assert "Linux version" in console and "pymachine:" in console
+    # `version NAME` and ls's DOCKER column give the same number (no Debian +dfsg1 suffix)
+    assert "v" + cli.pm("version", NAME).stdout.strip() == rows[0]["Docker"]
 
     cli.docker(NAME, "import", str(cli.rootfs), "busybox-local:latest")
     out = cli.docker(NAME, "run", "--rm", "busybox-local", "echo", "hello from the guest").stdout
@@ -53,6 +58,31 @@ def test_create_gives_a_working_docker(cli: CLI) -> None:
     info = json.loads(cli.docker(NAME, "info", "--format", "{{json .}}").stdout)
     assert "provider=qemu" in info["Labels"]
     assert info["OperatingSystem"].startswith("pymachine")
+
+
+def test_memory_a_container_frees_goes_back_to_the_host(cli: CLI) -> None:
+    """Free page reporting: 30 s after a container that held 1 GiB exits, the VM process
+    is back within 256 MB of where it was before."""
+
+    def host_memory() -> int:
+        value = json.loads(cli.pm("inspect", NAME).stdout)["host_memory_mb"]
+        assert isinstance(value, int) and value > 0
+        return value
+
+    before = host_memory()
+    rows = json.loads(cli.pm("ls", "--format", "json").stdout)
+    assert abs(rows[0]["HostMemoryMB"] - before) < 256
+    # 1 GiB written to a tmpfs is 1 GiB of guest RAM until the container and its tmpfs go.
+    container = cli.docker(
+        NAME, "run", "-d", "--tmpfs", "/fill:size=1100m", "busybox-local", "sh", "-c", "dd if=/dev/zero of=/fill/f bs=1M count=1024 && sleep 4",
+    ).stdout.strip()
+    assert wait_for(lambda: host_memory() > before + 768, timeout=120, interval=0.5), "the container's 1 GiB never reached the host"
+    cli.docker(NAME, "wait", container)
+    cli.docker(NAME, "rm", container)
+    deadline = time.monotonic() + 30
+    while (now := host_memory()) > before + 256 and time.monotonic() < deadline:
+        time.sleep(2)
+    assert now <= before + 256, f"{before} MB before, still {now} MB 30 s after the container exited"
 
 
 def test_host_folders_are_shared_for_bind_mounts(cli: CLI) -> None:

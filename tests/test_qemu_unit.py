@@ -574,7 +574,7 @@ def test_arm64_direct_boot_argv_under_tcg(tmp_path: Path) -> None:
         "-drive", f"file={m / 'config.iso'},if=none,id=config,format=raw,readonly=on", "-device", "virtio-blk-pci,drive=config",
         "-netdev", "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:40022-:22,hostfwd=tcp:127.0.0.1:42376-:2376",
         "-device", "virtio-net-pci,netdev=net0,romfile=",
-        "-device", "virtio-rng-pci",
+        "-device", "virtio-rng-pci", "-device", "virtio-balloon-pci,free-page-reporting=on",
         "-serial", f"file:{m / 'serial.log'}", "-display", "none",
         "-qmp", f"unix:{m / 'control.qmp'},server=on,wait=off", "-qmp", f"unix:{m / 'watcher.qmp'},server=on,wait=off",
         "-pidfile", str(m / "qemu.pid"), "-daemonize",
@@ -995,3 +995,16 @@ def test_x86_guests_run_single_threaded_tcg_on_a_qemu_whose_mttcg_kills_them(tmp
     monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
     argv = make_driver(tmp_path, accel="tcg", arch=arch).command_line()
     assert value_after(argv, "-accel") == [mode]
+
+
+def test_host_memory_is_the_qemu_process_resident_memory(tmp_path: Path) -> None:
+    """`ls --format json` and `inspect` report what the VM holds of the host's memory:
+    the QEMU process's VmRSS, and nothing for a stopped VM."""
+    from pymachine.procs import resident_mb
+
+    mine = resident_mb(os.getpid())
+    status = Path(f"/proc/{os.getpid()}/status").read_text()
+    rss_kb = int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
+    assert mine is not None and abs(mine - rss_kb // 1024) <= 2
+    driver = make_driver(tmp_path)
+    assert driver.host_memory_mb() is None  # no pidfile: not running

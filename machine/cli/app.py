@@ -391,7 +391,23 @@ def version(ctx: typer.Context, name: Optional[str] = typer.Argument(None, help=
         print(f"pymachine {__version__}")
         return
     info = _session(ctx).machine(name).docker_version()
-    print(info.get("Version", "unknown"))
+    # Debian's engine says 26.1.5+dfsg1 (its repacked source); ls and the docs say 26.1.5.
+    print(re.split(r"[+~]", str(info.get("Version") or "unknown"))[0])
+
+
+@app.command()
+def completion(ctx: typer.Context, shell: str = typer.Argument(..., help="bash, zsh or fish.")) -> None:
+    """Print a shell completion script: commands, flags and machine names.
+
+    bash: add `eval "$(pymachine completion bash)"` to ~/.bashrc (bash 4.4 or newer).
+    zsh: add `eval "$(pymachine completion zsh)"` to ~/.zshrc, after `compinit`.
+    fish: add `pymachine completion fish | source` to ~/.config/fish/config.fish.
+    """
+    from pymachine.cli.completion import SHELLS, script
+
+    if shell not in SHELLS:
+        raise MachineError(f"No completion script for '{shell}' (use bash, zsh or fish)", "Run `pymachine completion --help`")
+    print(script(ctx.find_root().command, shell))
 
 
 @app.command()

@@ -36,9 +36,22 @@ def run_cli(args: list[str]) -> int:
     from pymachine.cli.output import error as _error
 
     command = _typer_command(app)
+    from pymachine.cli.completion import answer, requested, with_machine_names
+
+    instruction = requested()
+    if instruction:
+        # A Tab press in a shell that sourced `pymachine completion SHELL`.
+        return answer(with_machine_names(command), instruction)
     session = Session()
+    # typer turns a KeyboardInterrupt into a silent exit status 130, indistinguishable
+    # from a remote command's own 130: remember that a signal came.
+    signals: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: _interrupt(signum, frame, signals)) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         result = command.main(args=args, prog_name="pymachine", standalone_mode=False, obj=session)
+        if signals:
+            _error("Interrupted.")
+            return 130
         return result if isinstance(result, int) else 0
     except MachineError as exc:
         _error(str(exc))
@@ -74,9 +87,14 @@ def run_cli(args: list[str]) -> int:
         logging.getLogger("pymachine").exception("unexpected error")
         _error(f"Unexpected {type(exc).__name__}: {exc}. The details are in {log_path}; please report them.")
         return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
-def _interrupt(signum: int, frame: Any) -> None:
+def _interrupt(signum: int, frame: Any, seen: list[int] | None = None) -> None:
+    if seen is not None:
+        seen.append(signum)
     raise KeyboardInterrupt
 
 
