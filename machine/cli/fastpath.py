@@ -71,7 +71,8 @@ def render_env(storage: str | None, name: str | None, shell: str | None, unset: 
     shell = shellenv.check_shell(shell) if shell else shellenv.detect_shell()
     if unset:
         keys = list(shellenv.DOCKER_VARIABLES) + (["NO_PROXY"] if no_proxy else [])
-        return shellenv.render(shellenv.ca_bundle_restore(), keys, shell), shellenv.usage_hint(name or "", shell, True)
+        restored, removed = shellenv.ca_bundle_restore()
+        return shellenv.render(restored, keys + removed, shell), shellenv.usage_hint(name or "", shell, True)
     assert name is not None
     store = Store(default_root(storage))
     config = store.load(name)
