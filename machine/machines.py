@@ -21,6 +21,7 @@ from pymachine.driver import EMULATED, Feature, State, load_driver
 from pymachine.errors import ImageError, MachineError, MachineExists, MachineNotFound
 from pymachine.guard import check_before_start
 from pymachine.home import Home
+from pymachine.hostlimits import check_machine_size
 from pymachine.image import BootImage
 from pymachine.machine import Machine
 from pymachine.mounts import resolve_mounts
@@ -107,6 +108,7 @@ class Machines:
             raise MachineExists(name)
         if options.cpus < 1 or options.memory_mb < 256 or options.disk_mb < 1024:
             raise MachineError("A machine needs at least 1 CPU, 256 MB of memory and a 1024 MB disk", "Run `pymachine create --help`")
+        check_machine_size(options.cpus, options.memory_mb, options.disk_mb)
         cls = load_driver(options.driver)
         if options.forward_bind not in FORWARD_BINDS:
             raise MachineError(f"--forward-bind takes 127.0.0.1 or 0.0.0.0, not '{options.forward_bind}'", "Run `pymachine create --help`")
