@@ -337,7 +337,7 @@ def _matches(value: str, pattern: str) -> bool:
     return value.lower() == pattern.lower()
 
 
-def _template(fmt: str, data: dict[str, Any]) -> str:
+def _template(fmt: str, data: dict[str, Any], command: str = "ls") -> str:
     """A Go-template subset: {{.Field}} and {{json .Field}}."""
 
     def field(match: re.Match[str]) -> str:
@@ -347,7 +347,7 @@ def _template(fmt: str, data: dict[str, Any]) -> str:
             if isinstance(value, dict) and part in value:
                 value = value[part]
             else:
-                raise MachineError(f"Unknown field '{key}' in --format", f"Fields: {', '.join(sorted(data))}")
+                raise MachineError(f"Unknown field '{key}' in --format (fields: {', '.join(sorted(data))})", f"Run `pymachine {command} --help`")
         if as_json:
             return json.dumps(value)
         return str(value).lower() if isinstance(value, bool) else str(value)
@@ -382,7 +382,7 @@ def inspect(ctx: typer.Context, name: str, fmt: str = typer.Option("json", "--fo
     if fmt == "json":
         print(json.dumps(data, indent=2, sort_keys=True, default=str))
     else:
-        print(_template(fmt, data))
+        print(_template(fmt, data, "inspect"))
 
 
 @app.command()
