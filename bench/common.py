@@ -78,7 +78,7 @@ class Bench:
         env = dict(self.env)
         for line in self.pm("env", "--shell", "bash", self.name).stdout.splitlines():
             key, _, value = line.removeprefix("export ").partition("=")
-            env[key] = value.strip('"')
+            env[key] = value.removesuffix(";").strip('"')
         return env
 
     def docker(self, *args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:

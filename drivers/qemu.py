@@ -201,6 +201,32 @@ def detect_accelerator(runner: Runner, requested: str = "auto", arch: str = "") 
     return Accelerator("tcg", f"no accelerator known for {system}")
 
 
+def check_accelerator_available(runner: Runner, requested: str, arch: str = "") -> None:
+    """Refuse, before anything is made, an accelerator asked for with -o accel that this
+    host does not have: QEMU would only say so when the VM starts."""
+    detect_accelerator(runner, requested, arch)  # unknown names and foreign guests
+    if requested in ("auto", "tcg"):
+        return
+    system = platform.system()
+    owner = {"hvf": "Darwin", "kvm": "Linux"}[requested]
+    if system != owner:
+        here = {"Darwin": "macOS"}.get(system, system)
+        raise DriverError(
+            f"-o accel={requested} is {'macOS' if owner == 'Darwin' else 'Linux'}'s hypervisor, and this host runs {here}",
+            "Run `pymachine create` with -o accel=auto (it picks the fastest this host has) or -o accel=tcg",
+        )
+    if requested == "hvf":
+        support = sysctl(runner, "kern.hv_support")
+        if support != "1":
+            raise DriverError(f"This Mac does not offer Hypervisor.framework (kern.hv_support is {support or 'missing'})", "Run `pymachine create` with -o accel=tcg")
+        return
+    # KVM asked for by name: /dev/kvm must at least be there and usable; the finer
+    # checks of `auto` (a paravirtual nested KVM, missing vmx/svm) are left to the user.
+    if not os.path.exists("/dev/kvm") or not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        reason = _linux_kvm(arch or host_arch()).reason
+        raise DriverError(f"-o accel=kvm cannot work here: {reason}", "Run `pymachine create` with -o accel=auto or -o accel=tcg")
+
+
 def _linux_kvm(arch: str) -> Accelerator:
     if not os.path.exists("/dev/kvm"):
         return Accelerator("tcg", "/dev/kvm does not exist (load the kvm module, or enable virtualization in firmware)")
@@ -485,6 +511,7 @@ class QemuDriver(Driver):
             raise DriverError(f"Unknown aslr setting '{options.aslr}'", "Use -o aslr=auto, on or off")
         if not options.cpu.strip():
             raise DriverError("-o cpu needs a model", "Use -o cpu=auto, or a model from `qemu-system-... -cpu help`")
+        check_accelerator_available(runner, options.accel, arch)
         accel = detect_accelerator(runner, options.accel, arch)
         if options.boot == "cdrom" or options.firmware not in ("auto", "bios", "uefi"):
             resolve_firmware(runner, options, arch, uefi=bool(tuning_words(options, accel)))

@@ -6,7 +6,9 @@ for one architecture at a time.
     extract  dpkg-deb -x, one folder per package (nothing is installed on the host)
     compose  the initramfs (cpio newc, gzip), the ISO (UEFI through systemd-boot on an
              EFI system partition; isolinux too on amd64), the bundle (tar, zstd)
-    record   a manifest: every package with its version and sha256, every artifact's sha256
+    record   a manifest: every package with its version and sha256, every artifact's sha256,
+             and the engine's dockerd flags (from its own `dockerd --help`), against which
+             `create` checks --engine-opt before anything is made
 
 The same inputs give the same bytes. The inputs (lock, recipe, guest files, this code)
 are hashed; when the manifest in the output folder carries that hash and its files are
@@ -29,7 +31,8 @@ from typing import Any
 
 from pymachine import __version__
 from pymachine.arch import host_arch
-from pymachine.errors import ImageError
+from pymachine.engineoptions import DockerdFlags, parse_dockerd_help
+from pymachine.errors import ImageError, MachineError
 from pymachine.guest import fat, iso9660
 from pymachine.guest.fat import FatImage
 from pymachine.guest.iso9660 import IsoWriter
@@ -219,6 +222,7 @@ class ImageBuilder:
         engine_name = f"docker-engine-{lock[recipe.ENGINE_VERSION_PACKAGE].upstream_version}-{self.arch}.tar.zst"
         with self.progress.step("Composing the engine bundle"):
             bundle = self.compose_bundle(trees, iso_libs)
+            dockerd = self.dockerd_flags(trees, lock)
         with self.progress.step("Writing the ISO"):
             iso = self.compose_iso(trees, vmlinuz, initrd)
         vmlinux = extract_vmlinux(vmlinuz) if self.arch == "amd64" else None
@@ -230,6 +234,10 @@ class ImageBuilder:
             atomic_write(self.output / filename, data, mode=0o644)
             artifacts[kind] = {"file": filename, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
         artifacts["engine"]["version"] = lock[recipe.ENGINE_VERSION_PACKAGE].upstream_version
+        if dockerd is not None:
+            artifacts["engine"]["dockerd"] = dockerd.as_manifest()
+        else:
+            self.progress.note(f"Could not run the {self.arch} dockerd here: the manifest lists no dockerd flags, and `create` checks --engine-opt against Docker 26.1's")
         manifest = {
             "name": "pymachine",
             "version": __version__,
@@ -246,6 +254,33 @@ class ImageBuilder:
         return Artifacts(self.output, manifest)
 
     # -- steps --------------------------------------------------------------------
+
+    def dockerd_flags(self, trees: dict[str, Path], lock: dict[str, LockedPackage]) -> DockerdFlags | None:
+        """The engine's dockerd flags, from its own `dockerd --help`.
+
+        Run where this host can run it: the image's own dockerd when the image is of the
+        host's architecture, else the host architecture's dockerd of the very same
+        package version, when an earlier build left it unpacked (`--arch all` builds the
+        host's first). None when neither can run here.
+        """
+        package = recipe.ENGINE_VERSION_PACKAGE
+        dockerd = next(source for pkg, source, name in recipe.ENGINE_FILES if pkg == package and name == "dockerd")
+        if self.arch == host_arch():
+            binary = trees[package] / dockerd
+        else:
+            tree = self.work_root / host_arch() / "tree" / package
+            marker = tree / ".pymachine-from"
+            quoted = lock[package].version.replace(":", "%3a")
+            if not (marker.is_file() and marker.read_text().startswith(f"{package}_{quoted}_")):
+                return None
+            binary = tree / dockerd
+        try:
+            out = self.runner.run([str(binary), "--help"], timeout=60)
+        except (MachineError, OSError):
+            return None
+        found = parse_dockerd_help(out.stdout)
+        # A dockerd that printed something else than its usage is no list to check against.
+        return found if "host" in found.flags and "config-file" in found.flags else None
 
     def _check_lock_covers_recipe(self, lock: dict[str, LockedPackage]) -> None:
         missing = [name for name in recipe.wanted_packages(self.target) if name not in lock]

@@ -28,6 +28,7 @@ from typing import Any
 
 from pymachine import __version__
 from pymachine.arch import AMD64
+from pymachine.engineoptions import DOCKERD_26_1, DockerdFlags
 from pymachine.errors import ImageError
 from pymachine.guest.iso9660 import SECTOR, efi_boot_arches, read_file, volume_id
 from pymachine.guest.provision import EngineBundle
@@ -80,6 +81,8 @@ class BootImage:
     engine_version: str = ""
     #: FROM_BUILD, FROM_INSTALLED or FROM_ISO
     source: str = FROM_BUILD
+    #: the engine's dockerd flags as the manifest records them (None: it records none)
+    dockerd: DockerdFlags | None = None
 
     @property
     def engine(self) -> EngineBundle:
@@ -87,6 +90,11 @@ class BootImage:
         if self.engine_bundle is None:
             raise ImageError(f"The boot image {self.iso.name} comes without its engine bundle", how_to_get(self.arch))
         return EngineBundle(self.engine_bundle, self.engine_sha256, self.engine_version)
+
+    @property
+    def dockerd_flags(self) -> DockerdFlags:
+        """The flags --engine-opt is checked against: the manifest's, else Docker 26.1's."""
+        return self.dockerd or DOCKERD_26_1
 
     @classmethod
     def from_manifest(cls, manifest_path: Path, source: str = FROM_BUILD) -> BootImage:
@@ -122,6 +130,7 @@ class BootImage:
             engine_sha256=str(engine.get("sha256", "")),
             engine_version=str(engine.get("version", "")),
             source=source,
+            dockerd=DockerdFlags.from_manifest(engine.get("dockerd"), f"the image's dockerd {engine.get('version', '')}".rstrip()),
         )
 
     @classmethod
@@ -330,7 +339,7 @@ def check_iso(path: Path, arch: str) -> None:
         raise ImageError(f"{path} is not a pymachine boot image (volume id '{volume_id(head)}')", "Pass the pymachine boot ISO to --iso")
     blocks = int.from_bytes(head[16 * SECTOR + 80 : 16 * SECTOR + 84], "little")
     if blocks * SECTOR > size:
-        raise ImageError(f"{path} is cut short: its volume is {blocks * SECTOR} bytes, the file {size}", "Download or copy the ISO again")
+        raise ImageError(f"{path} is cut short: its volume is {blocks * SECTOR} bytes, the file {size}", "Download or copy the ISO again, then run `pymachine create` with it")
     arches = efi_boot_arches(path)
     if arches and arch not in arches:
         raise ImageError(

@@ -532,7 +532,15 @@ class Machine:
             api.close()
 
     def use(self) -> None:
-        """Make the machine's docker context the docker CLI's current one."""
+        """Make the machine's docker context the docker CLI's current one; refused for a
+        machine whose Docker cannot answer, which would leave every docker command failing."""
+        config = self.config
+        state = self.state()
+        if state != State.RUNNING:
+            raise MachineStateError(f"Machine '{self.name}' is not running ({state.value})", f"Run `pymachine start {self.name}` first")
+        if config.status != STATUS_READY or not config.docker_port:
+            reason = config.error or f"status {config.status}"
+            raise MachineStateError(f"Machine '{self.name}' is not ready ({reason})", f"Run `pymachine provision {self.name}`, or `pymachine rm {self.name}` and create it again")
         if not self.home.contexts.exists(self.name):
             self._save_context()
         self.home.contexts.use(self.name)

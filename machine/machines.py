@@ -18,9 +18,11 @@ from typing import Any
 from pymachine.arch import ARCHES, host_arch, normalize
 from pymachine.dockercontext import active_machine
 from pymachine.driver import EMULATED, Feature, State, load_driver
+from pymachine.engineoptions import check_engine_flags, check_engine_settings
 from pymachine.errors import ImageError, MachineError, MachineExists, MachineNotFound
 from pymachine.guard import check_before_start
 from pymachine.home import Home
+from pymachine.hostlimits import check_machine_size
 from pymachine.image import BootImage
 from pymachine.machine import Machine
 from pymachine.mounts import resolve_mounts
@@ -110,6 +112,8 @@ class Machines:
             raise MachineExists(name)
         if options.cpus < 1 or options.memory_mb < 256 or options.disk_mb < 1024:
             raise MachineError("A machine needs at least 1 CPU, 256 MB of memory and a 1024 MB disk", "Run `pymachine create --help`")
+        check_machine_size(options.cpus, options.memory_mb, options.disk_mb)
+        check_engine_settings(options.engine_options, options.engine_labels, options.registry_mirrors, options.insecure_registries)
         cls = load_driver(options.driver)
         if options.forward_bind not in FORWARD_BINDS:
             raise MachineError(f"--forward-bind takes 127.0.0.1 or 0.0.0.0, not '{options.forward_bind}'", "Run `pymachine create --help`")
@@ -129,6 +133,7 @@ class Machines:
             image = BootImage.locate(self.home.cache, options.iso, arch=arch, note=self.progress.note)
         if image.arch != arch:
             raise ImageError(f"{image.iso} is an {image.arch} boot image, and this machine's guest is {arch}", f"Pass an {arch} image to --iso, or `--arch {image.arch}`")
+        check_engine_flags(options.engine_options, image.dockerd_flags)
 
         config = MachineConfig(
             name=name,

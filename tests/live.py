@@ -40,7 +40,7 @@ class CLI:
         env = dict(self.env)
         for line in out.splitlines():
             key, _, value = line.removeprefix("export ").partition("=")
-            env[key] = value.strip('"')
+            env[key] = value.removesuffix(";").strip('"')
         return env
 
     def docker(self, name: str, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:

@@ -381,9 +381,9 @@ def test_ls_does_not_wait_past_its_timeout_for_a_hung_hypervisor(three_machines:
 
 def test_ls_bad_filter_and_bad_template_field(three_machines: Path, capsys: pytest.CaptureFixture[str]) -> None:
     line = assert_one_line_error(*cli(capsys, "ls", "--filter", "colour=red"))
-    assert line == "Error: Unknown filter 'colour' (use name=, driver= or state=). Run `pymachine ls --help`"
+    assert line == "Error: Unknown filter 'colour=red' (use name=, driver= or state=, such as state=Running). Run `pymachine ls --help`"
     line = assert_one_line_error(*cli(capsys, "ls", "--format", "{{.Colour}}"))
-    assert line.startswith("Error: Unknown field 'Colour' in --format. Fields: Active, Arch, Docker, Driver, Error, HostMemoryMB, Name, State, URL")
+    assert line == "Error: Unknown field 'Colour' in --format (fields: Active, Arch, Docker, Driver, Error, HostMemoryMB, Name, State, URL). Run `pymachine ls --help`"
 
 
 def test_queries_of_a_stopped_machine(three_machines: Path, capsys: pytest.CaptureFixture[str]) -> None:

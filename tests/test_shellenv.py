@@ -62,7 +62,7 @@ def slow(capsys: pytest.CaptureFixture[str], args: list[str]) -> tuple[int, str,
 def expected(shell: str, directory: str) -> str:
     port = "42376"
     lines = {
-        "bash": ['export DOCKER_TLS_VERIFY="1"', f'export DOCKER_HOST="tcp://127.0.0.1:{port}"', "export DOCKER_CERT_PATH=\"{d}\"", 'export DOCKER_MACHINE_NAME="dev"'],
+        "bash": ['export DOCKER_TLS_VERIFY="1";', f'export DOCKER_HOST="tcp://127.0.0.1:{port}";', "export DOCKER_CERT_PATH=\"{d}\";", 'export DOCKER_MACHINE_NAME="dev";'],
         "fish": ["set -gx DOCKER_TLS_VERIFY '1';", f"set -gx DOCKER_HOST 'tcp://127.0.0.1:{port}';", "set -gx DOCKER_CERT_PATH '{d}';", "set -gx DOCKER_MACHINE_NAME 'dev';"],
         "powershell": ['$Env:DOCKER_TLS_VERIFY = "1"', f'$Env:DOCKER_HOST = "tcp://127.0.0.1:{port}"', '$Env:DOCKER_CERT_PATH = "{d}"', '$Env:DOCKER_MACHINE_NAME = "dev"'],
         "cmd": ["SET DOCKER_TLS_VERIFY=1", f"SET DOCKER_HOST=tcp://127.0.0.1:{port}", "SET DOCKER_CERT_PATH={d}", "SET DOCKER_MACHINE_NAME=dev"],
@@ -84,9 +84,9 @@ def test_env_output_for_every_shell(shell: str, home: Path, capsys: pytest.Captu
 @pytest.mark.parametrize(
     "shell, lines",
     [
-        ("bash", ["unset DOCKER_TLS_VERIFY", "unset DOCKER_HOST", "unset DOCKER_CERT_PATH", "unset DOCKER_MACHINE_NAME"]),
-        ("zsh", ["unset DOCKER_TLS_VERIFY", "unset DOCKER_HOST", "unset DOCKER_CERT_PATH", "unset DOCKER_MACHINE_NAME"]),
-        ("sh", ["unset DOCKER_TLS_VERIFY", "unset DOCKER_HOST", "unset DOCKER_CERT_PATH", "unset DOCKER_MACHINE_NAME"]),
+        ("bash", ["unset DOCKER_TLS_VERIFY;", "unset DOCKER_HOST;", "unset DOCKER_CERT_PATH;", "unset DOCKER_MACHINE_NAME;"]),
+        ("zsh", ["unset DOCKER_TLS_VERIFY;", "unset DOCKER_HOST;", "unset DOCKER_CERT_PATH;", "unset DOCKER_MACHINE_NAME;"]),
+        ("sh", ["unset DOCKER_TLS_VERIFY;", "unset DOCKER_HOST;", "unset DOCKER_CERT_PATH;", "unset DOCKER_MACHINE_NAME;"]),
         ("fish", ["set -e DOCKER_TLS_VERIFY;", "set -e DOCKER_HOST;", "set -e DOCKER_CERT_PATH;", "set -e DOCKER_MACHINE_NAME;"]),
         (
             "powershell",
@@ -138,7 +138,7 @@ def test_unknown_shell_is_an_error_listing_the_known_ones(home: Path, capsys: py
 @pytest.mark.parametrize(
     "shell, line",
     [
-        ("bash", 'export DOCKER_CERT_PATH="{p}/we ird \\$HOME \\`id\\` \\"dq\\" \'sq\' \\\\back !bang/machines/dev"'),
+        ("bash", 'export DOCKER_CERT_PATH="{p}/we ird \\$HOME \\`id\\` \\"dq\\" \'sq\' \\\\back !bang/machines/dev";'),
         ("fish", "set -gx DOCKER_CERT_PATH '{p}/we ird $HOME `id` \"dq\" \\'sq\\' \\\\back !bang/machines/dev';"),
         ("powershell", '$Env:DOCKER_CERT_PATH = "{p}/we ird `$HOME ``id`` `"dq`" \'sq\' \\back !bang/machines/dev"'),
         ("tcsh", "setenv DOCKER_CERT_PATH '{p}/we ird $HOME `id` \"dq\" '\\''sq'\\'' \\back !bang/machines/dev';"),
@@ -377,12 +377,14 @@ def test_a_ca_bundle_variable_is_pointed_at_a_copy_with_the_machines_ca(tmp_path
     system = tmp_path / "system.pem"
     system.write_bytes(b"-----BEGIN CERTIFICATE-----\nSYSTEM\n-----END CERTIFICATE-----\n")
     machine = _machine_with_ca(tmp_path)
-    [(key, path)] = ca_bundle_override(str(machine), {"REQUESTS_CA_BUNDLE": str(system)})
+    [(saved_key, saved), (key, path)] = ca_bundle_override(str(machine), {"REQUESTS_CA_BUNDLE": str(system)})
+    assert (saved_key, saved) == ("PYMACHINE_SAVED_REQUESTS_CA_BUNDLE", str(system)), "the user's own value is kept in the shell"
     assert key == "REQUESTS_CA_BUNDLE"
     combined = Path(path).read_bytes()
     assert b"SYSTEM" in combined and b"OURS" in combined, "other sites keep verifying, and so does the machine"
-    # Run again from a shell where env already replaced it: still built from the user's own file.
-    [(_, again)] = ca_bundle_override(str(machine), {"REQUESTS_CA_BUNDLE": path})
+    # Run again from a shell where env already replaced it: still built from the user's
+    # own file, and the saved value is not written again.
+    [(_, again)] = ca_bundle_override(str(machine), {"REQUESTS_CA_BUNDLE": path, saved_key: str(system)})
     assert Path(again).read_bytes() == combined
 
 
@@ -397,7 +399,98 @@ def test_unset_gives_the_users_own_bundle_back(tmp_path: Path) -> None:
 
     system = tmp_path / "system.pem"
     system.write_bytes(b"SYSTEM\n")
-    [(key, path)] = ca_bundle_override(str(_machine_with_ca(tmp_path)), {"CURL_CA_BUNDLE": str(system)})
+    [(_, _), (key, path)] = ca_bundle_override(str(_machine_with_ca(tmp_path)), {"CURL_CA_BUNDLE": str(system)})
     assert key == "CURL_CA_BUNDLE"
-    assert ca_bundle_restore({"CURL_CA_BUNDLE": path}) == [("CURL_CA_BUNDLE", str(system))]
-    assert ca_bundle_restore({"CURL_CA_BUNDLE": str(system)}) == [], "a bundle we did not make is left alone"
+    saved = {"PYMACHINE_SAVED_CURL_CA_BUNDLE": str(system)}
+    assert ca_bundle_restore({"CURL_CA_BUNDLE": path, **saved}) == ([("CURL_CA_BUNDLE", str(system))], ["PYMACHINE_SAVED_CURL_CA_BUNDLE"])
+    # A shell from before the saved variable: the combined file's first line still knows.
+    assert ca_bundle_restore({"CURL_CA_BUNDLE": path}) == ([("CURL_CA_BUNDLE", str(system))], [])
+    assert ca_bundle_restore({"CURL_CA_BUNDLE": str(system)}) == ([], []), "a bundle we did not make is left alone"
+    # The machine is removed: its combined bundle is gone, the saved value still restores.
+    Path(path).unlink()
+    assert ca_bundle_restore({"CURL_CA_BUNDLE": path, **saved}) == ([("CURL_CA_BUNDLE", str(system))], ["PYMACHINE_SAVED_CURL_CA_BUNDLE"])
+    # Gone, and nothing saved: unset rather than point at a missing file.
+    assert ca_bundle_restore({"CURL_CA_BUNDLE": path}) == ([], ["CURL_CA_BUNDLE"])
+    # The user pointed the variable elsewhere since: their choice stays, the saved copy goes.
+    assert ca_bundle_restore({"CURL_CA_BUNDLE": "/etc/mine.pem", **saved}) == ([], ["PYMACHINE_SAVED_CURL_CA_BUNDLE"])
+
+
+# -- the whole round trip, evaluated by real shells, quoted and unquoted ---------------
+
+#: (shell program, --shell value, how the shell evaluates `pymachine ARGS`)
+REAL_SHELLS = [
+    ("bash", "bash", 'eval "$({cmd})"'),
+    ("bash", "bash", "eval $({cmd})"),
+    ("dash", "sh", 'eval "$({cmd})"'),
+    ("dash", "sh", "eval $({cmd})"),
+    ("zsh", "zsh", 'eval "$({cmd})"'),
+    ("zsh", "zsh", "eval $({cmd})"),
+    ("fish", "fish", "eval ({cmd})"),
+    ("fish", "fish", "{cmd} | source"),
+]
+
+
+def _run_in(program: str, script: str, env: dict[str, str]) -> tuple[dict[str, str], str]:
+    done = subprocess.run([program, "-c", script + "\nenv -0"], capture_output=True, env=env, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    seen = dict(item.decode().split("=", 1) for item in done.stdout.split(b"\0") if item)
+    return seen, done.stderr.decode()
+
+
+@pytest.mark.parametrize("program, shell, form", REAL_SHELLS, ids=[f"{p}:{f.split('(')[0].strip()}{'-quoted' if chr(34) in f else ''}" for p, _, f in REAL_SHELLS])
+@pytest.mark.parametrize("user_has_a_bundle", [True, False])
+def test_env_then_rm_then_unset_gives_the_users_bundle_back(program: str, shell: str, form: str, user_has_a_bundle: bool, tmp_path: Path) -> None:
+    """Defect 10: `eval $(pymachine env --unset)` restores REQUESTS_CA_BUNDLE, quoted or
+    not, even after the machine (and its combined bundle) was removed."""
+    if shutil.which(program) is None:
+        pytest.skip(f"no {program} here (apt-get install {program})")
+    root = tmp_path / "store"
+    directory = make_machine(root)
+    (directory / "ca.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\nOURS\n-----END CERTIFICATE-----\n")
+    system = tmp_path / "my bundle.pem"
+    system.write_bytes(b"-----BEGIN CERTIFICATE-----\nSYSTEM\n-----END CERTIFICATE-----\n")
+    env = {"PATH": f"{PYMACHINE.parent}:{os.environ['PATH']}", "HOME": str(tmp_path), "PYMACHINE_STORAGE_PATH": str(root)}
+    if user_has_a_bundle:
+        env["REQUESTS_CA_BUNDLE"] = str(system)
+    pm = f"pymachine env --shell {shell}"
+    script = "\n".join(
+        [
+            form.format(cmd=f"{pm} dev"),
+            # docker-machine's users run `rm` while the shell still points at the machine
+            f"rm -rf '{directory}'",
+            form.format(cmd=f"{pm} --unset"),
+        ]
+    )
+    seen, err = _run_in(program, script, env)
+    assert err == ""
+    assert not set(shellenv.DOCKER_VARIABLES) & set(seen)
+    assert not [k for k in seen if k.startswith("PYMACHINE_SAVED_")]
+    if user_has_a_bundle:
+        assert seen["REQUESTS_CA_BUNDLE"] == str(system)
+    else:
+        assert "REQUESTS_CA_BUNDLE" not in seen
+
+
+@pytest.mark.parametrize("program, shell, form", REAL_SHELLS, ids=[f"{p}:{f.split('(')[0].strip()}{'-quoted' if chr(34) in f else ''}" for p, _, f in REAL_SHELLS])
+def test_env_for_two_machines_in_turn_then_unset(program: str, shell: str, form: str, tmp_path: Path) -> None:
+    """Switching machines keeps the user's own value saved, not the first machine's copy."""
+    if shutil.which(program) is None:
+        pytest.skip(f"no {program} here (apt-get install {program})")
+    root = tmp_path / "store"
+    for name in ("one", "two"):
+        (make_machine(root, name) / "ca.pem").write_bytes(f"-----BEGIN CERTIFICATE-----\n{name}\n-----END CERTIFICATE-----\n".encode())
+    system = tmp_path / "system.pem"
+    system.write_bytes(b"SYSTEM\n")
+    env = {"PATH": f"{PYMACHINE.parent}:{os.environ['PATH']}", "HOME": str(tmp_path), "PYMACHINE_STORAGE_PATH": str(root), "REQUESTS_CA_BUNDLE": str(system)}
+    pm = f"pymachine env --shell {shell}"
+    between, err = _run_in(program, "\n".join([form.format(cmd=f"{pm} one"), form.format(cmd=f"{pm} two")]), env)
+    assert err == ""
+    assert between["DOCKER_MACHINE_NAME"] == "two"
+    assert between["REQUESTS_CA_BUNDLE"] == str(root / "machines" / "two" / shellenv.COMBINED_BUNDLE)
+    assert between["PYMACHINE_SAVED_REQUESTS_CA_BUNDLE"] == str(system)
+    combined = Path(between["REQUESTS_CA_BUNDLE"]).read_bytes()
+    assert b"SYSTEM" in combined and b"two" in combined and b"one" not in combined
+    after, err = _run_in(program, "\n".join([form.format(cmd=f"{pm} one"), form.format(cmd=f"{pm} two"), form.format(cmd=f"{pm} --unset")]), env)
+    assert err == ""
+    assert after["REQUESTS_CA_BUNDLE"] == str(system)
+    assert "PYMACHINE_SAVED_REQUESTS_CA_BUNDLE" not in after and "DOCKER_HOST" not in after

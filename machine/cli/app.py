@@ -113,6 +113,19 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
     return out
 
 
+def _check_format(fmt: str, command: str, plain: tuple[str, ...], templates: bool = False) -> None:
+    """Refuse an unknown --format before anything is asked (it would be printed literally)."""
+    if fmt in plain or (templates and "{{" in fmt):
+        return
+    kinds = " or ".join(plain) + (", or a template like '{{.Name}}'" if templates else "")
+    raise MachineError(f"Unknown --format '{fmt}' (use {kinds})", f"Run `pymachine {command} --help`")
+
+
+def _check_not_negative(value: float, option: str, command: str) -> None:
+    if value < 0:
+        raise MachineError(f"{option} cannot be negative ({value:g})", f"Run `pymachine {command} --help`")
+
+
 # -- create and lifecycle --------------------------------------------------------------
 
 
@@ -180,6 +193,7 @@ def start(ctx: typer.Context, names: list[str] = typer.Argument(..., help="Machi
 @app.command()
 def stop(ctx: typer.Context, names: list[str] = typer.Argument(..., help="Machines to stop."), timeout: float = typer.Option(30.0, "--timeout", "-t", help="Seconds to wait for a clean shutdown before forcing it.")) -> None:
     """Shut machines down cleanly (forced after --timeout)."""
+    _check_not_negative(timeout, "--timeout", "stop")
     session = _session(ctx)
     for name in names:
         if not session.machine(name).stop(timeout=timeout):
@@ -278,14 +292,22 @@ def list_machines(
     timeout: float = typer.Option(10.0, "--timeout", "-t", help="Seconds to wait for each machine's state."),
 ) -> None:
     """List machines and their states (asked of the hypervisors in parallel)."""
-    rows = _session(ctx).machines.list(timeout=timeout)
+    from pymachine.machines import MachineInfo
+
+    # Every argument is checked before any hypervisor is asked.
+    if timeout <= 0:
+        raise MachineError(f"--timeout must be more than 0 seconds, not {timeout:g}", "Run `pymachine ls --help`")
+    _check_format(fmt, "ls", ("table", "json"), templates=True)
+    if fmt not in ("table", "json"):
+        _template(fmt, MachineInfo("", False, "", "", "", "", "", "").as_dict())  # unknown fields
     # As docker-machine: values of one key are alternatives, different keys must all match.
     wanted: dict[str, list[str]] = {}
     for item in filters:
-        key, _, value = item.partition("=")
-        if key.lower() not in ("name", "driver", "state"):
-            raise MachineError(f"Unknown filter '{key}' (use name=, driver= or state=)", "Run `pymachine ls --help`")
+        key, sep, value = item.partition("=")
+        if key.lower() not in ("name", "driver", "state") or not sep:
+            raise MachineError(f"Unknown filter '{item}' (use name=, driver= or state=, such as state=Running)", "Run `pymachine ls --help`")
         wanted.setdefault(key.lower(), []).append(value)
+    rows = _session(ctx).machines.list(timeout=timeout)
     for key, values in wanted.items():
         rows = [r for r in rows if any(_matches(getattr(r, key), v) for v in values)]
     if quiet:
@@ -315,7 +337,7 @@ def _matches(value: str, pattern: str) -> bool:
     return value.lower() == pattern.lower()
 
 
-def _template(fmt: str, data: dict[str, Any]) -> str:
+def _template(fmt: str, data: dict[str, Any], command: str = "ls") -> str:
     """A Go-template subset: {{.Field}} and {{json .Field}}."""
 
     def field(match: re.Match[str]) -> str:
@@ -325,7 +347,7 @@ def _template(fmt: str, data: dict[str, Any]) -> str:
             if isinstance(value, dict) and part in value:
                 value = value[part]
             else:
-                raise MachineError(f"Unknown field '{key}' in --format", f"Fields: {', '.join(sorted(data))}")
+                raise MachineError(f"Unknown field '{key}' in --format (fields: {', '.join(sorted(data))})", f"Run `pymachine {command} --help`")
         if as_json:
             return json.dumps(value)
         return str(value).lower() if isinstance(value, bool) else str(value)
@@ -355,11 +377,12 @@ def ip(ctx: typer.Context, name: str) -> None:
 @app.command()
 def inspect(ctx: typer.Context, name: str, fmt: str = typer.Option("json", "--format", "-f", help="json, or a template like '{{.driver}}'.")) -> None:
     """Print everything pymachine knows about a machine."""
+    _check_format(fmt, "inspect", ("json",), templates=True)
     data = _session(ctx).machine(name).inspect()
     if fmt == "json":
         print(json.dumps(data, indent=2, sort_keys=True, default=str))
     else:
-        print(_template(fmt, data))
+        print(_template(fmt, data, "inspect"))
 
 
 @app.command()
@@ -418,6 +441,7 @@ def logs(
     lines: int = typer.Option(0, "--lines", "-n", help="Only the last N lines."),
 ) -> None:
     """Print the guest's serial console."""
+    _check_not_negative(lines, "--lines", "logs")
     path = _session(ctx).machine(name).serial_log()
     if not path.exists():
         raise MachineError(f"Machine '{name}' has no console log yet", f"Run `pymachine start {name}`")
@@ -471,6 +495,7 @@ def scp(
 @app.command()
 def ports(ctx: typer.Context, name: str, fmt: str = typer.Option("table", "--format", "-f", help="table or json.")) -> None:
     """List a machine's port forwards and the watcher's health."""
+    _check_format(fmt, "ports", ("table", "json"))
     machine = _session(ctx).machine(name)
     report = machine.watcher.report()
     try:
@@ -496,6 +521,7 @@ def doctor(ctx: typer.Context, fmt: str = typer.Option("text", "--format", "-f",
     """Check each driver on this host, other hypervisors' VMs, and wanted ports."""
     from pymachine.cli.doctor import run_doctor
 
+    _check_format(fmt, "doctor", ("text", "json"))
     report = run_doctor(_session(ctx).machines)
     if fmt == "json":
         print(json.dumps(report, indent=2, sort_keys=True))
@@ -563,6 +589,7 @@ def image_ls(
     from pymachine.errors import ImageError
     from pymachine.image import candidates, choose
 
+    _check_format(fmt, "image ls", ("table", "json"))
     home = _session(ctx).home
     assert home.cache is not None
     rows = []
@@ -578,8 +605,6 @@ def image_ls(
     if fmt == "json":
         print(json.dumps(rows, indent=2))
         return
-    if fmt != "table":
-        raise MachineError(f"Unknown format '{fmt}' (use table or json)", "Run `pymachine image ls --help`")
     table = [("ARCH", "SOURCE", "VERSION", "ENGINE", "USED", "WHERE")]
     for r in rows:
         table.append((r["Arch"], r["Source"], r["Version"], r["Engine"], "*" if r["Chosen"] else "-", r["Problem"] or r["ISO"]))

@@ -68,10 +68,12 @@ def render_env(storage: str | None, name: str | None, shell: str | None, unset: 
     from pymachine.cli import shellenv
     from pymachine.store import STATUS_READY, Store, default_root
 
-    shell = shellenv.check_shell(shell) if shell else shellenv.detect_shell()
+    # `--shell ""` is a mistake, not a request to guess: only an absent --shell guesses.
+    shell = shellenv.check_shell(shell) if shell is not None else shellenv.detect_shell()
     if unset:
         keys = list(shellenv.DOCKER_VARIABLES) + (["NO_PROXY"] if no_proxy else [])
-        return shellenv.render(shellenv.ca_bundle_restore(), keys, shell), shellenv.usage_hint(name or "", shell, True)
+        restored, removed = shellenv.ca_bundle_restore()
+        return shellenv.render(restored, keys + removed, shell), shellenv.usage_hint(name or "", shell, True)
     assert name is not None
     store = Store(default_root(storage))
     config = store.load(name)

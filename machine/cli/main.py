@@ -62,7 +62,7 @@ def run_cli(args: list[str]) -> int:
             print(exc.format_message(), file=sys.stderr)
             return 0
         where = f"pymachine {exc.ctx.command_path.split(' ', 1)[1]}" if exc.ctx and " " in exc.ctx.command_path else "pymachine"
-        message = exc.format_message().strip()
+        message = _one_suggestion(exc.format_message().strip())
         if not message.endswith((".", "?", "!", ")")):
             message += "."
         _error(f"{message} Run `{where} --help`.")
@@ -90,6 +90,16 @@ def run_cli(args: list[str]) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _one_suggestion(message: str) -> str:
+    """typer and click (8.4 and later) both add "Did you mean ...?" to an unknown
+    command: keep the first."""
+    first = message.find("Did you mean")
+    if first < 0 or message.find("Did you mean", first + 1) < 0:
+        return message
+    end = message.find("?", first)
+    return message[: end + 1] if end >= 0 else message
 
 
 def _interrupt(signum: int, frame: Any, seen: list[int] | None = None) -> None:

@@ -58,17 +58,32 @@ def no_proxy_value(environ: dict[str, str] | None = None, host: str = "127.0.0.1
 #: the machine's CA added, which keeps every other HTTPS site verifying as before.
 CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 COMBINED_BUNDLE = "ca-bundle-with-system.pem"
+#: The user's own value of VARIABLE, kept by `env` in the shell itself, so `env --unset`
+#: gives it back even after the machine (and its combined bundle) is gone.
+SAVED_PREFIX = "PYMACHINE_SAVED_"
 _ORIGIN = "# pymachine: the machine's CA added to "
 
 
+def saved_name(key: str) -> str:
+    return SAVED_PREFIX + key
+
+
 def ca_bundle_override(machine_dir: str, environ: dict[str, str] | None = None) -> list[tuple[str, str]]:
-    """(variable, combined bundle path) when the environment sets a CA bundle variable."""
+    """What `env` sets when the environment sets a CA bundle variable: the variable,
+    pointed at the combined bundle, and (the first time) PYMACHINE_SAVED_VARIABLE with
+    the user's own value."""
     environ = os.environ if environ is None else environ
     for key in CA_BUNDLE_VARIABLES:
         current = environ.get(key)
         if not current:
             continue
-        original = original_bundle(current)
+        saved = environ.get(saved_name(key))
+        if _is_ours(current, saved):
+            # Set by an earlier `env` (for this machine or another): build from the
+            # user's own bundle, which the shell still remembers.
+            original = saved or original_bundle(current)
+        else:
+            original = current
         target = os.path.join(machine_dir, COMBINED_BUNDLE)
         try:
             with open(original, "rb") as handle:
@@ -89,7 +104,8 @@ def ca_bundle_override(machine_dir: str, environ: dict[str, str] | None = None) 
             from pymachine.store import atomic_write
 
             atomic_write(Path(target), content, mode=0o644)
-        return [(key, target)]
+        keep = [] if saved == original else [(saved_name(key), original)]
+        return keep + [(key, target)]
     return []
 
 
@@ -103,15 +119,33 @@ def original_bundle(path: str) -> str:
     return first[len(_ORIGIN):] if first.startswith(_ORIGIN) else path
 
 
-def ca_bundle_restore(environ: dict[str, str] | None = None) -> list[tuple[str, str]]:
-    """For `env --unset`: the user's own bundles back, where env had replaced them."""
+def _is_ours(current: str, saved: str | None) -> bool:
+    """Whether `current` is a combined bundle `env` made: by its first line, or, once
+    the file is gone (the machine was removed), by its name."""
+    if original_bundle(current) != current:
+        return True
+    return os.path.basename(current) == COMBINED_BUNDLE and (saved is not None or not os.path.exists(current))
+
+
+def ca_bundle_restore(environ: dict[str, str] | None = None) -> tuple[list[tuple[str, str]], list[str]]:
+    """For `env --unset`: (assignments, variables to unset) that give the user's own
+    bundles back where `env` had replaced them. A variable `env` set with no saved
+    value to return to is unset: the shell never keeps pointing at a removed file."""
     environ = os.environ if environ is None else environ
-    restored = []
+    restored: list[tuple[str, str]] = []
+    removed: list[str] = []
     for key in CA_BUNDLE_VARIABLES:
         current = environ.get(key)
-        if current and original_bundle(current) != current:
-            restored.append((key, original_bundle(current)))
-    return restored
+        saved = environ.get(saved_name(key))
+        if current and _is_ours(current, saved):
+            original = saved or original_bundle(current)
+            if original != current:
+                restored.append((key, original))
+            else:
+                removed.append(key)
+        if saved is not None:
+            removed.append(saved_name(key))
+    return restored, removed
 
 
 def render(assignments: list[tuple[str, str]], unset: list[str], shell: str) -> str:
@@ -152,7 +186,9 @@ def _set(shell: str, key: str, value: str) -> str:
     if shell == "emacs":
         escaped = value.replace("\\", "\\\\").replace('"', '\\"')
         return f'(setenv "{key}" "{escaped}")'
-    return f'export {key}="{_quote_double(value)}"'
+    # Every statement ends with ';': unquoted, `eval $(pymachine env)` gets all lines as
+    # one, and `unset A` followed by `export B=...` would otherwise be one command.
+    return f'export {key}="{_quote_double(value)}";'
 
 
 def _unset(shell: str, key: str) -> str:
@@ -166,4 +202,4 @@ def _unset(shell: str, key: str) -> str:
         return f"unsetenv {key};"
     if shell == "emacs":
         return f'(setenv "{key}" nil)'
-    return f"unset {key}"
+    return f"unset {key};"

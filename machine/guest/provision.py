@@ -3,7 +3,10 @@
     1. wait for SSH (host key pinned); on timeout, show the console's last lines
     2. install the engine bundle when the guest's differs: SFTP upload with progress,
        checksum verified in the guest, unpacked onto the data disk
-    3. write the certificates, daemon.json and dockerd's extra flags
+    3. write the certificates, daemon.json and dockerd's extra flags; the last two are
+       written beside the ones in use and checked by dockerd itself (`--validate`)
+       before they replace them, so a configuration dockerd refuses never replaces
+       one it runs with
     4. (re)start dockerd under the guest's supervisor (it restarts dockerd if it dies)
     5. wait until /_ping answers over TLS from the host
 The docker context is the caller's (pymachine.machine) last step.
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pymachine.driver import Driver
-from pymachine.errors import SSHError
+from pymachine.errors import ProvisionError, SSHError
 from pymachine.guest.certs import CertificateAuthority, CertPaths, server_needs_renewal
 from pymachine.guest.dockerapi import DockerAPI
 from pymachine.guest.ssh import GuestSSH
@@ -32,6 +35,10 @@ TLS_DIR = f"{GUEST_STATE}/tls"
 ENGINE = "/usr/libexec/pymachine/engine"
 #: The files `configure` writes; their sums in the guest tell whether anything changed.
 CONFIG_FILES = [f"{TLS_DIR}/ca.pem", f"{TLS_DIR}/server.pem", f"{TLS_DIR}/server-key.pem", f"{GUEST_STATE}/daemon.json", f"{GUEST_STATE}/dockerd.args"]
+#: The two files dockerd's own check reads; staged as FILE.new until it passes.
+DAEMON_FILES = (f"{GUEST_STATE}/daemon.json", f"{GUEST_STATE}/dockerd.args")
+#: What the engine script answers for a subcommand it does not know (images before `validate`).
+ENGINE_USAGE = "engine: usage:"
 SSH_TIMEOUT = 120.0
 #: The guest's console line once SSH is up (iso/rootfs/etc/init.d/rcS).
 READY_LINE = b"pymachine: ready"
@@ -99,6 +106,19 @@ def engine_flags(engine_options: list[str]) -> list[str]:
         key = key.strip().lstrip("-")
         flags.append(f"--{key}={value}" if sep else f"--{key}")
     return flags
+
+
+def dockerd_complaint(output: str) -> str:
+    """The reason in what `dockerd --validate` printed, without its framing."""
+    for line in output.splitlines():
+        line = line.strip()
+        if not line or line.startswith("See 'dockerd --help'") or line == "configuration OK":
+            continue
+        line = line.removeprefix("Status: ")
+        if line.startswith("unable to configure the Docker daemon with file "):
+            line = line.split(": ", 1)[-1]
+        return line.removeprefix("merged configuration validation from file and command line flags failed: ").rstrip(".")
+    return "no reason given"
 
 
 def console_ready(log: Path, patience: float = CONSOLE_READY_WAIT) -> Callable[[], bool]:
@@ -196,8 +216,32 @@ class Provisioner:
             if not changed:
                 return False
             self.ssh.run(f"mkdir -p {TLS_DIR} && chmod 700 {TLS_DIR}", timeout=30)
-            self.ssh.write_many(changed)
+            if not any(path in changed for path in DAEMON_FILES):
+                self.ssh.write_many(changed)
+                return True
+            # The certificates first: dockerd's check loads them too.
+            staged = {f"{path}.new": files[path] for path in DAEMON_FILES}
+            self.ssh.write_many({**{p: item for p, item in changed.items() if p not in DAEMON_FILES}, **staged})
+            self.validate_daemon_config()
+            self.ssh.run(" && ".join(f"mv -f {path}.new {path}" for path in DAEMON_FILES), timeout=30)
             return True
+
+    def validate_daemon_config(self) -> None:
+        """dockerd's own check of the staged daemon.json and flags; on a refusal the
+        staged files are removed and the ones in use stay."""
+        config, args = (f"{path}.new" for path in DAEMON_FILES)
+        done = self.ssh.run(f"{ENGINE} validate {config} {args}", timeout=120, check=False)
+        if done.returncode == 0:
+            return
+        output = f"{done.stdout}\n{done.stderr}"
+        if ENGINE_USAGE in output:
+            return  # an image from before `engine validate`: dockerd checks at start, as it did
+        self.ssh.run(f"rm -f {config} {args}", timeout=30, check=False)
+        name = self.config.name
+        raise ProvisionError(
+            f"dockerd refuses the engine settings of machine '{name}' ({dockerd_complaint(output)}); the daemon config in use was left as it was",
+            f"Run `pymachine rm {name}` and create it again with other --engine-opt, --engine-label or --engine-registry-mirror values",
+        )
 
     def start_engine(self, restart: bool) -> None:
         with self.progress.step("Starting the Docker daemon"):

@@ -2,7 +2,9 @@
 
 The answers are those of the guest scripts in iso/rootfs: the facts script of
 machine.provision, and `/usr/libexec/pymachine/engine` install | version | start |
-restart | stop | status. The guest only answers while its fake VM runs with an SSH
+restart | stop | status | validate (which answers as `dockerd --validate` of Docker 26.1
+does, from its recorded `--help`: unknown flags, missing values, numbers, and flags that
+repeat a daemon.json key). The guest only answers while its fake VM runs with an SSH
 forward on the port the host dials, as a real guest behind a NAT rule would.
 
 Starting the engine starts a real HTTPS server on the host side of the VM's Docker
@@ -186,10 +188,71 @@ class ScriptedGuest:
             return 0, "", ""
         if command == f"{ENGINE} status":
             return 0, "running\n" if state.engine_running else "stopped\n", ""
+        if command.startswith(f"{ENGINE} validate "):
+            _, _, config, args = command.split()
+            if not state.engine_sha256:
+                return 1, "", "engine: no engine installed: run `pymachine provision` on the host\n"
+            return dockerd_validate(state.files.get(config, b""), state.files.get(args, b""), config)
+        if command.startswith(("mv -f ", "rm -f ")):
+            for step in command.split(" && "):
+                words = step.split()
+                if words[:2] == ["mv", "-f"] and words[2] in state.files:
+                    state.files[words[3]] = state.files.pop(words[2])
+                elif words[:2] == ["rm", "-f"]:
+                    for path in words[2:]:
+                        state.files.pop(path, None)
+                else:
+                    return 1, "", f"{words[0]}: cannot stat '{words[2]}': No such file or directory\n"
+            return 0, "", ""
         if command.startswith("tail -n 12 /var/log/docker.log"):
             return 0, "\n".join(state.log[-12:]) + "\n", ""
         name = command.split()[0] if command.split() else command
         return 127, "", f"sh: {name}: not found\n"
+
+
+#: flag -> the daemon.json key it sets, for the flags whose key pymachine writes.
+_FLAG_KEYS = {
+    "label": "labels",
+    "storage-driver": "storage-driver",
+    "log-opt": "log-opts",
+    "tlsverify": "tlsverify",
+    "tls": "tls",
+    "host": "hosts",
+    "insecure-registry": "insecure-registries",
+    "registry-mirror": "registry-mirrors",
+}
+
+
+def dockerd_validate(config: bytes, args: bytes, config_path: str) -> tuple[int, str, str]:
+    """`engine validate`: dockerd --validate of Docker 26.1, its output on stdout (2>&1)."""
+    import json
+
+    from pymachine.engineoptions import DOCKERD_26_1
+
+    known = DOCKERD_26_1.flags
+    try:
+        settings = json.loads(config)
+    except ValueError as exc:
+        return 1, f"unable to configure the Docker daemon with file {config_path}: {exc}\n", ""
+    for arg in [a for a in args.decode().splitlines() if a]:
+        name, sep, value = arg.lstrip("-").partition("=")
+        if name not in known:
+            return 1, f"Status: unknown flag: --{name}\nSee 'dockerd --help'., Code: 125\n", ""
+        if known[name] and not sep:
+            return 1, f"Status: flag needs an argument: --{name}\nSee 'dockerd --help'., Code: 125\n", ""
+        if known[name] == "int" and not value.lstrip("-").isdigit():
+            return 1, f'Status: invalid argument "{value}" for "--{name}" flag: strconv.ParseInt: parsing "{value}": invalid syntax\nSee \'dockerd --help\'., Code: 125\n', ""
+        key = _FLAG_KEYS.get(name)
+        if key in settings:
+            return (
+                1,
+                f"unable to configure the Docker daemon with file {config_path}: the following directives are specified both as a flag and in the configuration file: {key}: (from flag: {value}, from file: {settings[key]})\n",
+                "",
+            )
+    for label in settings.get("labels", []):
+        if "=" not in label:
+            return 1, f"unable to configure the Docker daemon with file {config_path}: merged configuration validation from file and command line flags failed: bad attribute format: {label}\n", ""
+    return 0, "configuration OK\n", ""
 
 
 def start_engine(state: GuestState, host_port: int) -> None:
