@@ -26,6 +26,7 @@ import os
 import platform
 import plistlib
 import re
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -418,6 +419,40 @@ def mac_notes(runner: Runner, binary: str, version: str) -> list[str]:
     return notes
 
 
+def private_folder(path: Path) -> Path:
+    """`path` as a folder only this user can enter: made 0700 if missing, else checked.
+
+    The QMP sockets in it steer the VM (`stop`, `quit`, forwards): in a shared folder
+    such as /tmp, another local user who made it first could answer in QEMU's place.
+    As OpenSSH does for a ControlPath, anything but a real folder (not a symlink) of
+    ours, closed to group and others, is refused, never repaired behind the user's back.
+    """
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise DriverError(f"Cannot make the QMP socket folder {path}: {exc.strerror}", "Set TMPDIR to a folder of your own, or use a shorter --storage-path") from None
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        kind = "a symbolic link" if stat.S_ISLNK(info.st_mode) else "not a folder"
+        raise DriverError(
+            f"Refusing the QMP socket folder {path}: it is {kind}, which someone else may have put there",
+            f"Check it, remove it with `rm {path}`, and run the command again (or set TMPDIR to a folder of your own)",
+        )
+    if info.st_uid != os.getuid():
+        raise DriverError(
+            f"Refusing the QMP socket folder {path}: it belongs to uid {info.st_uid}, not to you (uid {os.getuid()})",
+            f"Have its owner or root remove it (`sudo rm -r {path}`), or set TMPDIR to a folder of your own",
+        )
+    if info.st_mode & 0o077:
+        raise DriverError(
+            f"Refusing the QMP socket folder {path}: its mode {stat.S_IMODE(info.st_mode):04o} lets others in",
+            f"Run `chmod 700 {path}`, then the command again",
+        )
+    return path
+
+
 def option_value(value: object) -> str:
     """A value inside a QEMU option list (`file=...,if=none`): commas are doubled."""
     return str(value).replace(",", ",,")
@@ -460,8 +495,7 @@ class QemuDriver(Driver):
             return path
         # Deep home folders overflow the unix socket limit: keep a short, stable path.
         digest = hashlib.sha256(str(self.directory).encode()).hexdigest()[:16]
-        short = Path(tempfile.gettempdir()) / f"pymachine-{os.getuid()}"
-        short.mkdir(mode=0o700, exist_ok=True)
+        short = private_folder(Path(tempfile.gettempdir()) / f"pymachine-{os.getuid()}")
         return str(short / f"{digest}-{role}.qmp")
 
     @property
@@ -694,7 +728,10 @@ class QemuDriver(Driver):
         for path in (self.disk, self.pidfile, self.directory / "qemu.log", self.directory / "serial.log", self.directory / "serial.log.1"):
             path.unlink(missing_ok=True)
         for role in ("control", "watcher"):
-            _unlink(self._socket(role))
+            try:
+                _unlink(self._socket(role))
+            except DriverError:
+                pass  # an unsafe socket folder: nothing of ours to delete in it
 
     def state(self) -> State:
         pid = self._pid()
@@ -806,4 +843,3 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
-
