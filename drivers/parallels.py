@@ -151,6 +151,7 @@ class ParallelsDriver(Driver):
             Feature.UDP_FORWARDS,
             Feature.ANY_HOST_ADDRESS,
             Feature.SERIAL_LOG,
+            Feature.DISK_GROW,
         }
     )
     options: ParallelsOptions
@@ -443,6 +444,37 @@ class ParallelsDriver(Driver):
         if status is None:
             return State.NOT_FOUND
         return VM_STATES.get(status, State.ERROR)
+
+    def _data_disk(self) -> tuple[str, int]:
+        """The data disk's image (hdd0) and its size in MB, from `prlctl list -i -j`."""
+        try:
+            listing = json.loads(_json_part(self._prlctl("list", "-i", "-j", self.vm, timeout=30).stdout) or "[]")
+        except CommandFailed as exc:
+            raise self._explain("read the disks of", exc) from None
+        except ValueError:
+            listing = []
+        info = listing[0] if isinstance(listing, list) and listing else listing if isinstance(listing, dict) else {}
+        disk = (info.get("Hardware") or {}).get("hdd0") or {}
+        size = re.fullmatch(r"(\d+)\s*Mb", str(disk.get("size", "")).strip())
+        if not disk.get("image") or size is None:
+            raise DriverError(f"Parallels shows no data disk (hdd0) for VM '{self.vm}'", f"Run `prlctl list -i {self.vm}` to see its devices")
+        return str(disk["image"]), int(size.group(1))
+
+    def disk_size_mb(self) -> int:
+        return self._data_disk()[1]
+
+    def grow_disk(self, size_mb: int) -> None:
+        # prl_disk_tool works on the disks of stopped VMs only.
+        status = self._status()
+        if status is None:
+            raise MachineStateError(f"The Parallels VM '{self.vm}' does not exist", f"Run `pymachine rm -f {self.vm}`, then create the machine again")
+        if status != "stopped":
+            raise MachineStateError(f"Parallels grows the data disk of machine '{self.vm}' only while it is stopped, and it is {status}", f"Run `pymachine stop {self.vm}` first")
+        image, _ = self._data_disk()
+        try:
+            self._retrying(["prl_disk_tool", "resize", "--hdd", image, "--size", f"{size_mb}M"], timeout=600)
+        except CommandFailed as exc:
+            raise DriverError(f"Parallels could not grow the data disk of VM '{self.vm}': {_last_line(exc)}", f"Run `pymachine status {self.vm}`, and `prlctl list -i {self.vm}` for Parallels' view") from None
 
     def add_forward(self, forward: PortForward) -> None:
         if self._status() is None:

@@ -22,6 +22,7 @@ SeaBIOS (amd64) or UEFI firmware found through QEMU's firmware descriptors
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import plistlib
@@ -61,6 +62,9 @@ from .qemu_firmware import FirmwareChoice, choose_uefi, descriptor_files, read_d
 from .qmp import QMPClient, QMPError
 
 NETDEV = "net0"
+#: The data disk's drive id: QMP's block_resize names it.
+DATA_DRIVE = "data"
+MIB = 1024 * 1024
 #: systemd-boot appends what follows this SMBIOS Type 11 prefix to the kernel's command line.
 SMBIOS_CMDLINE = "io.systemd.boot.kernel-cmdline-extra="
 #: The longest unix socket path macOS accepts (Linux allows 107).
@@ -471,6 +475,8 @@ class QemuDriver(Driver):
             Feature.SERIAL_LOG,
             Feature.DIRECT_KERNEL_BOOT,
             Feature.SHARED_FOLDERS,
+            Feature.DISK_GROW,
+            Feature.ONLINE_DISK_GROW,
         }
     )
     options: QemuOptions
@@ -654,7 +660,7 @@ class QemuDriver(Driver):
                 # The ISO boots through systemd-boot, which appends this SMBIOS string to
                 # the kernel's command line: a CD boot is tuned as a direct boot is.
                 argv += ["-smbios", f"type=11,value={option_value(SMBIOS_CMDLINE + ' '.join(tuning))}"]
-        argv += ["-drive", f"file={option_value(self.disk)},if=none,id=data,format=qcow2,discard=unmap", "-device", "virtio-blk-pci,drive=data"]
+        argv += ["-drive", f"file={option_value(self.disk)},if=none,id={DATA_DRIVE},format=qcow2,discard=unmap", "-device", f"virtio-blk-pci,drive={DATA_DRIVE}"]
         argv += ["-drive", f"file={option_value(spec.config_medium)},if=none,id=config,format=raw,readonly=on", "-device", "virtio-blk-pci,drive=config"]
         # Shared host folders over virtio-9p. security_model=none: files the guest makes
         # belong to the user running QEMU, and guest chowns that the host refuses are ignored.
@@ -754,6 +760,36 @@ class QemuDriver(Driver):
             "guest-panicked": State.ERROR,
             "io-error": State.ERROR,
         }.get(status, State.RUNNING)
+
+    def disk_size_mb(self) -> int:
+        if self._pid() is not None:
+            # QEMU holds the image: ask it (qemu-img would need -U to read it now).
+            try:
+                with self._qmp() as qmp:
+                    devices = qmp.execute("query-block")
+            except QMPError as exc:
+                raise DriverError(f"QEMU monitor of machine '{self.spec.name}' did not answer: {exc}", f"Run `pymachine status {self.spec.name}`") from None
+            for device in devices:
+                if device.get("device") == DATA_DRIVE:
+                    return int(device["inserted"]["image"]["virtual-size"]) // MIB
+            raise DriverError(f"QEMU of machine '{self.spec.name}' has no drive '{DATA_DRIVE}'", f"Run `pymachine restart {self.spec.name}`")
+        if not self.disk.exists():
+            raise DriverError(f"The data disk of machine '{self.spec.name}' is missing ({self.disk})", f"Run `pymachine rm {self.spec.name}` and create it again")
+        qemu_img = find_program(self.runner, "qemu-img") or "qemu-img"
+        out = self.runner.run([qemu_img, "info", "--output=json", "-f", "qcow2", str(self.disk)], timeout=60).stdout
+        return int(json.loads(out)["virtual-size"]) // MIB
+
+    def grow_disk(self, size_mb: int) -> None:
+        if self._pid() is not None:
+            # Online: the guest's virtio-blk sees the new capacity at once.
+            try:
+                with self._qmp(timeout=30.0) as qmp:
+                    qmp.execute("block_resize", {"device": DATA_DRIVE, "size": size_mb * MIB})
+            except QMPError as exc:
+                raise DriverError(f"QEMU could not grow the data disk of machine '{self.spec.name}': {exc}", f"Run `pymachine stop {self.spec.name}`, then `pymachine disk grow {self.spec.name} {size_mb}M`") from None
+            return
+        qemu_img = find_program(self.runner, "qemu-img") or "qemu-img"
+        self.runner.run([qemu_img, "resize", "-q", "-f", "qcow2", str(self.disk), f"{size_mb}M"], timeout=120)
 
     def add_forward(self, forward: PortForward) -> None:
         rule = f"{forward.protocol}:{forward.host_ip}:{forward.host_port}-:{forward.guest_port}"

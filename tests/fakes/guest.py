@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pymachine.errors import SSHError
-from pymachine.guest.provision import CONFIG_FILES, ENGINE, GUEST_STATE, TLS_DIR
+from pymachine.guest.provision import CONFIG_FILES, ENGINE, FACTS_SCRIPT, GUEST_STATE, TLS_DIR
 from pymachine.guest.ssh import Result, SSHTarget
 
 #: (vm name, protocol, host port, guest port) -> does a running VM carry that forward?
@@ -62,6 +62,13 @@ class GuestState:
     thread: threading.Thread | None = None
     tls_dir: tempfile.TemporaryDirectory | None = None
     log: list[str] = field(default_factory=list)
+    #: the data disk's size and free room in KiB, as `df -kP /mnt/data` shows them
+    data_kb: int = 20 * 1024 * 1024
+    free_kb: int = 19 * 1024 * 1024
+    #: dockerd has run since boot (so docker0 exists)
+    engine_ran: bool = False
+    #: how many times dockerd was (re)started
+    engine_starts: int = 0
 
     @property
     def engine_running(self) -> bool:
@@ -155,10 +162,12 @@ class ScriptedGuest:
 
     def _answer(self, command: str) -> tuple[int, str, str]:
         state = self.state
-        if command.startswith("ip -4 -o addr show scope global"):
+        if command == FACTS_SCRIPT:
             sums = "".join(f"{hashlib.sha256(state.files[p]).hexdigest()}  {p}\n" for p in CONFIG_FILES if p in state.files)
             running = "running" if state.engine_running else "stopped"
-            return 0, f"10.0.2.15\n--\n{state.engine_sha256}\n--\n{running}\n--\ndata\n--\n{sums}", ""
+            # As in the real guest: docker0 appears once dockerd has run.
+            addresses = "eth0 10.0.2.15/24\n" + ("docker0 172.17.0.1/16\n" if state.engine_ran else "")
+            return 0, f"eth0\n--\n{addresses}--\n{state.engine_sha256}\n--\n{running}\n--\ndata\n--\n{sums}--\n{state.data_kb} {state.free_kb}\n", ""
         if command.startswith(f"{ENGINE} install "):
             _, _, bundle, want = command.split()[:4]
             data = state.files.pop(bundle, None)
@@ -194,6 +203,8 @@ class ScriptedGuest:
 
 def start_engine(state: GuestState, host_port: int) -> None:
     """dockerd answering /_ping over TLS on the host side of the Docker forward."""
+    state.engine_ran = True
+    state.engine_starts += 1
     state.tls_dir = tempfile.TemporaryDirectory(prefix="fake-guest-tls-")
     folder = Path(state.tls_dir.name)
     for name in ("ca.pem", "server.pem", "server-key.pem"):
