@@ -67,8 +67,8 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Mac
     monkeypatch.setattr(machine_module, "ENGINE_BOOT_TIMEOUT", 2.0)
     for made in _world(tmp_path, monkeypatch, "amd64"):
         machines, fake, farm = made
-        farm.disk_mb = lambda name: vdi_size(fake, machines, name)
-        farm.boot_id = lambda name: fake.machine(name)["state_changed"]
+        farm.disk_mb = lambda name, fake=fake, machines=machines: vdi_size(fake, machines, name)
+        farm.boot_id = lambda name, fake=fake: fake.machine(name)["state_changed"]
         yield made
 
 
@@ -89,7 +89,7 @@ def digest(*paths: Path) -> str:
 
 
 def test_provision_after_create_restarts_nothing(world: tuple[Machines, FakeVirtualBox, GuestFarm]) -> None:
-    machines, fake, farm = world
+    machines, _fake, farm = world
     create(machines)
     guest = farm.guests["dev"]
     assert guest.engine_ran and guest.engine_starts == 1
@@ -168,7 +168,7 @@ def test_a_full_disk_is_said_and_the_machine_stays_reachable(world: tuple[Machin
 
 
 def test_space_freed_by_hand_is_recovered_by_start(world: tuple[Machines, FakeVirtualBox, GuestFarm]) -> None:
-    machines, fake, farm = world
+    machines, _fake, farm = world
     create(machines)
     fill(farm)
     with pytest.raises(DataDiskFull):
@@ -196,7 +196,7 @@ def stopped_vm(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pyte
 
 
 def test_every_driver_grows_a_stopped_disk_and_never_shrinks_it(stopped_vm) -> None:
-    driver, fake = stopped_vm
+    driver, _fake = stopped_vm
     assert driver.supports(Feature.DISK_GROW) and not driver.supports(Feature.ONLINE_DISK_GROW)
     assert driver.disk_size_mb() == driver.spec.disk_mb == 4096
     driver.start()
