@@ -8,7 +8,9 @@ test_live_disk.py fills the disk of a real QEMU machine.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -23,14 +25,17 @@ from pymachine.drivers.qemu import QemuDriver, QemuOptions
 from pymachine.errors import DataDiskFull, DriverError, MachineError, MachineStateError
 from pymachine.guest.provision import FACTS_SCRIPT, FULL_BELOW_KB, GuestFacts, full_disk_error, nic_addresses
 from pymachine.machines import CreateOptions, Machines
+from pymachine.procs import alive, read_pidfile
 from pymachine.runner import Runner
 from pymachine.store import STATUS_ERROR, STATUS_READY
 
-from ..contract import make_spec
+from ..conftest import image_cache
+from ..contract import make_spec, wait_for
 from ..fake_harnesses import parallels_driver, virtualbox_driver
 from ..fakes.guest import GuestFarm
 from ..fakes.parallels_model import VM_STATE_WORDS
 from ..fakes.vbox_model import FakeVirtualBox
+from ..live import CLI
 from ..test_fake_end_to_end import _world
 
 MB = 1024
@@ -278,3 +283,122 @@ def test_the_fakes_state_words_are_not_the_drivers() -> None:
 
     assert "pymachine.drivers" not in inspect.getsource(parallels_model)
     assert set(VM_STATE_WORDS.values()) <= set(VM_STATES)
+
+
+# -- live: a real QEMU machine whose data disk fills up -------------------------------------
+
+LIVE_NAME = "full"
+
+
+def one_line_error(done: subprocess.CompletedProcess, *needles: str) -> str:
+    """The command failed with exit 1 and one `Error:` line (its last), no traceback."""
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr and "Unexpected" not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and done.stderr.rstrip().endswith(errors[0]), done.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+def guest(cli: CLI, script: str, timeout: float = 300) -> str:
+    return cli.pm("ssh", LIVE_NAME, script, timeout=timeout).stdout
+
+
+def keys_digest(cli: CLI) -> str:
+    folder = cli.machine_dir(LIVE_NAME)
+    return digest(*(folder / name for name in ("id_ed25519", "ssh_host_ed25519_key", "ca.pem", "cert.pem", "key.pem", "known_hosts", "config.iso")))
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory, boot_image, busybox_rootfs: Path, docker_config) -> Iterator[CLI]:
+    """One real machine for the whole module, with a small (1.5 GB) data disk."""
+    cli = CLI(tmp_path_factory.mktemp("store"), image_cache())
+    cli.pm("create", LIVE_NAME, "-o", "restrict-network=true", "--memory", "1536", "--disk-size", "1536M", "--no-mounts", timeout=900)
+    cli.docker(LIVE_NAME, "import", str(busybox_rootfs), "busybox-local:latest")
+    pidfile = cli.machine_dir(LIVE_NAME) / "qemu.pid"
+    yield cli
+    qemu = read_pidfile(pidfile)
+    cli.pm("rm", "-f", "-y", LIVE_NAME, check=False)
+    assert qemu is None or wait_for(lambda: not alive(qemu), timeout=30), "QEMU outlived `rm -f`"
+
+
+def dockerd_pid(cli: CLI) -> str:
+    return guest(cli, "cat /run/pymachine/dockerd.pid").strip()
+
+
+@pytest.mark.live
+@pytest.mark.timeout(1800)
+def test_live_provision_after_create_leaves_dockerd_and_containers_alone(live: CLI) -> None:
+    cli = live
+    cli.docker(LIVE_NAME, "run", "-d", "--name", "sleeper", "busybox-local", "sleep", "86400")
+    started = cli.docker(LIVE_NAME, "inspect", "-f", "{{.State.StartedAt}}", "sleeper").stdout.strip()
+    pid = dockerd_pid(cli)
+    # docker0 now exists in the guest; the certificate must not name it.
+    assert "172.17.0.1" in guest(cli, "ip -4 -o addr show dev docker0")
+    server = digest(cli.machine_dir(LIVE_NAME) / "server.pem")
+    done = cli.pm("provision", LIVE_NAME)
+    assert "Traceback" not in done.stderr
+    assert dockerd_pid(cli) == pid, "provision restarted dockerd though nothing changed"
+    assert digest(cli.machine_dir(LIVE_NAME) / "server.pem") == server, "the server certificate was reissued"
+    state = cli.docker(LIVE_NAME, "inspect", "-f", "{{.State.Running}} {{.State.StartedAt}}", "sleeper").stdout.split()
+    assert state == ["true", started], "the container without a restart policy was stopped"
+
+
+@pytest.mark.live
+@pytest.mark.timeout(1800)
+def test_live_a_full_data_disk_stays_reachable_and_grows_online(live: CLI) -> None:
+    cli = live
+    keys = keys_digest(cli)
+    # Fill the data disk to the last block, as images and logs would.
+    guest(cli, "fallocate -l $(df -kP /mnt/data | awk 'NR == 2 {print $4}')k /var/lib/docker/filler; sync; df -kP /mnt/data")
+    assert guest(cli, "df -kP /mnt/data | awk 'NR == 2 {print $4}'").strip() == "0"
+
+    # provision: one line that names the disk and the fix; the VM keeps running.
+    said = one_line_error(cli.pm("provision", LIVE_NAME, check=False), f"The data disk of machine '{LIVE_NAME}' is full", f"`pymachine disk grow {LIVE_NAME} 3G`")
+    assert "left running" in said
+    assert cli.pm("status", LIVE_NAME).stdout.strip() == "Error"
+    assert guest(cli, "echo in").strip() == "in"
+
+    # stop, then start: dockerd cannot start on the full disk; start says so, at once
+    # (the console said it at boot), and leaves the VM up for `pymachine ssh`.
+    cli.pm("stop", LIVE_NAME)
+    began = time.monotonic()
+    one_line_error(cli.pm("start", LIVE_NAME, check=False, timeout=900), "is full", f"`pymachine disk grow {LIVE_NAME} 3G`")
+    took = time.monotonic() - began
+    assert "the data disk /dev/" in cli.pm("logs", LIVE_NAME).stdout
+    assert cli.pm("status", LIVE_NAME).stdout.strip() == "Error"
+    assert guest(cli, "echo still reachable").strip() == "still reachable"
+    rows = json.loads(cli.pm("ls", "--format", "json").stdout)
+    assert rows[0]["State"] == "Error" and "is full" in rows[0]["Error"]
+
+    # A disk cannot shrink, and says so in one line.
+    one_line_error(cli.pm("disk", "grow", LIVE_NAME, "1G", check=False), "never shrink")
+
+    # Grown online: QMP block_resize, resize2fs in the guest, Docker back.
+    grown = cli.pm("disk", "grow", LIVE_NAME, "3G", timeout=900)
+    assert "now 3072 MB (was 1536 MB)" in grown.stderr
+    size_kb = int(guest(cli, "df -kP /mnt/data | awk 'NR == 2 {print $2}'").strip())
+    assert size_kb > 2_900_000, size_kb
+    assert cli.pm("status", LIVE_NAME).stdout.strip() == "Running"
+    out = cli.docker(LIVE_NAME, "run", "--rm", "busybox-local", "echo", "docker works again").stdout
+    assert out.strip() == "docker works again"
+    # Nothing lost: the filler the user made, the container, the keys and certificates.
+    assert guest(cli, "ls /var/lib/docker/filler").strip() == "/var/lib/docker/filler"
+    assert "sleeper" in cli.docker(LIVE_NAME, "ps", "-a", "--format", "{{.Names}}").stdout
+    assert keys_digest(cli) == keys
+    assert json.loads(cli.pm("inspect", LIVE_NAME).stdout)["disk_mb"] == 3072
+    print(f"start on the full disk failed after {took:.0f}s")
+
+
+@pytest.mark.live
+@pytest.mark.timeout(1800)
+def test_live_a_stopped_disk_grows_with_qemu_img_and_the_guest_follows_at_boot(live: CLI) -> None:
+    cli = live
+    cli.pm("stop", LIVE_NAME)
+    cli.pm("disk", "grow", LIVE_NAME, "4G")
+    cli.pm("start", LIVE_NAME, timeout=900)
+    size_kb = int(guest(cli, "df -kP /mnt/data | awk 'NR == 2 {print $2}'").strip())
+    assert size_kb > 3_900_000, size_kb
+    assert "grew the data disk's filesystem" in cli.pm("logs", LIVE_NAME).stdout
+    assert cli.docker(LIVE_NAME, "run", "--rm", "busybox-local", "true").returncode == 0
