@@ -461,6 +461,8 @@ class Machine:
                 self._grow_online(driver, size_mb)
             elif running:
                 self._start(force=False)
+            else:
+                self.home.progress.note(f"The guest grows its filesystem to the new size when it boots: run `pymachine start {self.name}`")
         if running:
             self.after_ready()
         return before, size_mb

@@ -232,8 +232,12 @@ def disk_grow(
     restart: bool = typer.Option(False, "--restart", help="Stop and start a running machine whose driver grows disks only while it is stopped."),
 ) -> None:
     """Grow a machine's data disk, and the filesystem on it (it never shrinks)."""
+    try:
+        size_mb = _size_mb(size, "SIZE")
+    except MachineError as exc:
+        raise MachineError(exc.message, "Run `pymachine disk grow --help`") from None
     machine = _session(ctx).machine(name)
-    before, after = machine.grow_disk(_size_mb(size, "SIZE"), restart=restart)
+    before, after = machine.grow_disk(size_mb, restart=restart)
     if after != before:
         print(f"The data disk of machine '{name}' is now {after} MB (was {before} MB).", file=sys.stderr)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import subprocess
 import threading
@@ -402,3 +403,31 @@ def test_live_a_stopped_disk_grows_with_qemu_img_and_the_guest_follows_at_boot(l
     assert size_kb > 3_900_000, size_kb
     assert "grew the data disk's filesystem" in cli.pm("logs", LIVE_NAME).stdout
     assert cli.docker(LIVE_NAME, "run", "--rm", "busybox-local", "true").returncode == 0
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["disk", "grow", "ghost", "4G"], ["Machine 'ghost' does not exist", "`pymachine ls`"]),
+        (["disk", "grow", "dev", "lots"], ["SIZE 'lots' is not a size", "`pymachine disk grow --help`"]),
+        (["disk", "grow", "dev", "1G"], ["is 4G; it can grow, never shrink to 1G", "`pymachine disk grow dev SIZE`"]),
+    ],
+)
+def test_disk_grow_refusals_are_one_line(tmp_path: Path, args: list[str], needles: list[str]) -> None:
+    """A stopped qemu machine with a real 4 GB qcow2: nothing changes on a refusal."""
+    from pymachine.store import MachineConfig, Store
+
+    root = tmp_path / "home"
+    store = Store(root)
+    with store.reserve(MachineConfig(name="dev", driver="qemu", status=STATUS_READY, disk_mb=4096)):
+        pass
+    disk = store.machine_dir("dev") / "data.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "4096M"], check=True)
+    before = digest(disk, store.machine_dir("dev") / "config.json")
+    env = {**os.environ, "PYMACHINE_STORAGE_PATH": str(root)}
+    done = subprocess.run([str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "pymachine"), *args], env=env, capture_output=True, text=True, timeout=120, check=False)
+    one_line_error(done, *needles)
+    assert digest(disk, store.machine_dir("dev") / "config.json") == before
