@@ -274,7 +274,6 @@ class Machine:
         diagnoses what went wrong.
         """
         from pymachine.guest.dockerapi import DockerAPI
-
         from pymachine.guest.provision import console_says_disk_full
 
         endpoint = driver.docker_endpoint()
@@ -473,7 +472,10 @@ class Machine:
         from pymachine.guest.provision import grow_filesystem
 
         with self.home.progress.step("Growing the guest's filesystem"), self.ssh(driver) as ssh:
-            grow_filesystem(ssh, size_mb)
+            grown_kb = grow_filesystem(ssh, size_mb)
+        if grown_kb < size_mb * 1024 * 0.9:
+            # The guest's kernel has not seen the new size yet; its boot grows the filesystem.
+            self.home.progress.note(f"The guest's filesystem is {grown_kb // 1024} MB for now; it takes the whole disk at the next `pymachine restart {self.name}`")
         self._recover(driver)
 
     def regenerate_certs(self, include_ca: bool = False) -> None:
