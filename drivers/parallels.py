@@ -109,6 +109,14 @@ LIVE_STATUSES = frozenset(
         "suspending", "pausing", "snapshoting", "migrating", "reconnecting",
     }
 )  # fmt: skip
+#: Statuses Parallels leaves by itself (a start, stop, snapshot, compaction ... under way):
+#: start and disk grow wait for the VM to settle before acting, and say so if it does not.
+TRANSITIONAL_STATUSES = frozenset(
+    {
+        "starting", "restoring", "resetting", "pausing", "suspending", "stopping", "continuing", "resuming",
+        "snapshoting", "migrating", "del_snapshot", "syncing", "reconnecting", "compacting",
+    }
+)  # fmt: skip
 #: `prlctl create --distribution` for each guest: Parallels' generic Linux on Intel, as
 #: before; Debian (the guest's base) on Apple Silicon, as chef/bento's arm64 boxes do.
 DISTRIBUTIONS = {AMD64: "linux", ARM64: "debian"}
@@ -151,6 +159,7 @@ class ParallelsDriver(Driver):
             Feature.UDP_FORWARDS,
             Feature.ANY_HOST_ADDRESS,
             Feature.SERIAL_LOG,
+            Feature.DISK_GROW,
         }
     )
     options: ParallelsOptions
@@ -158,6 +167,8 @@ class ParallelsDriver(Driver):
     poll_interval = 0.5
     #: seconds between retries when prlctl could not reach the Parallels service (tests set 0)
     retry_pause = 1.0
+    #: seconds start and disk grow wait for a VM in a transitional status to settle
+    settle_timeout = 120.0
 
     def __init__(self, spec: MachineSpec, options: DriverOptions, runner: Runner, client_role: str = "cli") -> None:
         super().__init__(spec, options, runner, client_role)
@@ -367,10 +378,32 @@ class ParallelsDriver(Driver):
             f"Run `pymachine rm -f {self.vm}`, then `pymachine create --arch {made}`",
         )
 
-    def start(self) -> None:
+    def _settled_status(self, action: str) -> str:
+        """The VM's status once Parallels has finished what it is doing with it; a status
+        no `action` can start from is refused in one line naming what to run."""
         status = self._status()
+        deadline = time.monotonic() + self.settle_timeout
+        while status in TRANSITIONAL_STATUSES and time.monotonic() < deadline:
+            time.sleep(self.poll_interval)
+            status = self._status()
+        vm = self.vm
         if status is None:
-            raise MachineStateError(f"The Parallels VM '{self.vm}' does not exist", f"Run `pymachine rm -f {self.vm}`, then create the machine again")
+            raise MachineStateError(f"The Parallels VM '{vm}' does not exist", f"Run `pymachine rm -f {vm}`, then create the machine again")
+        if status in TRANSITIONAL_STATUSES:
+            raise MachineStateError(
+                f"Parallels is still busy with VM '{vm}' ({status}) after {self.settle_timeout:.0f}s, so pymachine cannot {action} it",
+                "Wait until `prlctl list -a` shows it stopped or running, then run the command again",
+            )
+        if status == "mounted":
+            raise MachineStateError(f"The disks of Parallels VM '{vm}' are mounted on this Mac (prlctl mount), so pymachine cannot {action} it", f"Run `prlctl umount {vm}`, then the command again")
+        if status in ("invalid", "unknown"):
+            raise MachineStateError(f"Parallels reports VM '{vm}' as {status} (its configuration cannot be used)", f"Open it in Parallels Desktop to see why, or run `pymachine rm -f {vm}` and create the machine again")
+        return status
+
+    def start(self) -> None:
+        status = self._settled_status("start")
+        if status == "paused":
+            raise MachineStateError(f"Machine '{self.vm}' is paused", f"Run `prlctl resume {self.vm}`, or `pymachine restart {self.vm}`")
         if status in LIVE_STATUSES:
             raise MachineStateError(f"Machine '{self.vm}' is already running", f"Run `pymachine stop {self.vm}` first")
         uuid = self.uuid()
@@ -443,6 +476,35 @@ class ParallelsDriver(Driver):
         if status is None:
             return State.NOT_FOUND
         return VM_STATES.get(status, State.ERROR)
+
+    def _data_disk(self) -> tuple[str, int]:
+        """The data disk's image (hdd0) and its size in MB, from `prlctl list -i -j`."""
+        try:
+            listing = json.loads(_json_part(self._prlctl("list", "-i", "-j", self.vm, timeout=30).stdout) or "[]")
+        except CommandFailed as exc:
+            raise self._explain("read the disks of", exc) from None
+        except ValueError:
+            listing = []
+        info = listing[0] if isinstance(listing, list) and listing else listing if isinstance(listing, dict) else {}
+        disk = (info.get("Hardware") or {}).get("hdd0") or {}
+        size = re.fullmatch(r"(\d+)\s*Mb", str(disk.get("size", "")).strip())
+        if not disk.get("image") or size is None:
+            raise DriverError(f"Parallels shows no data disk (hdd0) for VM '{self.vm}'", f"Run `prlctl list -i {self.vm}` to see its devices")
+        return str(disk["image"]), int(size.group(1))
+
+    def disk_size_mb(self) -> int:
+        return self._data_disk()[1]
+
+    def grow_disk(self, size_mb: int) -> None:
+        # prl_disk_tool works on the disks of stopped VMs only.
+        status = self._settled_status("grow the data disk of")
+        if status != "stopped":
+            raise MachineStateError(f"Parallels grows the data disk of machine '{self.vm}' only while it is stopped, and it is {status}", f"Run `pymachine stop {self.vm}` first")
+        image, _ = self._data_disk()
+        try:
+            self._retrying(["prl_disk_tool", "resize", "--hdd", image, "--size", f"{size_mb}M"], timeout=600)
+        except CommandFailed as exc:
+            raise DriverError(f"Parallels could not grow the data disk of VM '{self.vm}': {_last_line(exc)}", f"Run `pymachine status {self.vm}`, and `prlctl list -i {self.vm}` for Parallels' view") from None
 
     def add_forward(self, forward: PortForward) -> None:
         if self._status() is None:

@@ -22,10 +22,12 @@ SeaBIOS (amd64) or UEFI firmware found through QEMU's firmware descriptors
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import plistlib
 import re
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +62,9 @@ from .qemu_firmware import FirmwareChoice, choose_uefi, descriptor_files, read_d
 from .qmp import QMPClient, QMPError
 
 NETDEV = "net0"
+#: The data disk's drive id: QMP's block_resize names it.
+DATA_DRIVE = "data"
+MIB = 1024 * 1024
 #: systemd-boot appends what follows this SMBIOS Type 11 prefix to the kernel's command line.
 SMBIOS_CMDLINE = "io.systemd.boot.kernel-cmdline-extra="
 #: The longest unix socket path macOS accepts (Linux allows 107).
@@ -444,6 +449,40 @@ def mac_notes(runner: Runner, binary: str, version: str) -> list[str]:
     return notes
 
 
+def private_folder(path: Path) -> Path:
+    """`path` as a folder only this user can enter: made 0700 if missing, else checked.
+
+    The QMP sockets in it steer the VM (`stop`, `quit`, forwards): in a shared folder
+    such as /tmp, another local user who made it first could answer in QEMU's place.
+    As OpenSSH does for a ControlPath, anything but a real folder (not a symlink) of
+    ours, closed to group and others, is refused, never repaired behind the user's back.
+    """
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise DriverError(f"Cannot make the QMP socket folder {path}: {exc.strerror}", "Set TMPDIR to a folder of your own, or use a shorter --storage-path") from None
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        kind = "a symbolic link" if stat.S_ISLNK(info.st_mode) else "not a folder"
+        raise DriverError(
+            f"Refusing the QMP socket folder {path}: it is {kind}, which someone else may have put there",
+            f"Check it, remove it with `rm {path}`, and run the command again (or set TMPDIR to a folder of your own)",
+        )
+    if info.st_uid != os.getuid():
+        raise DriverError(
+            f"Refusing the QMP socket folder {path}: it belongs to uid {info.st_uid}, not to you (uid {os.getuid()})",
+            f"Have its owner or root remove it (`sudo rm -r {path}`), or set TMPDIR to a folder of your own",
+        )
+    if info.st_mode & 0o077:
+        raise DriverError(
+            f"Refusing the QMP socket folder {path}: its mode {stat.S_IMODE(info.st_mode):04o} lets others in",
+            f"Run `chmod 700 {path}`, then the command again",
+        )
+    return path
+
+
 def option_value(value: object) -> str:
     """A value inside a QEMU option list (`file=...,if=none`): commas are doubled."""
     return str(value).replace(",", ",,")
@@ -462,6 +501,8 @@ class QemuDriver(Driver):
             Feature.SERIAL_LOG,
             Feature.DIRECT_KERNEL_BOOT,
             Feature.SHARED_FOLDERS,
+            Feature.DISK_GROW,
+            Feature.ONLINE_DISK_GROW,
         }
     )
     options: QemuOptions
@@ -486,8 +527,7 @@ class QemuDriver(Driver):
             return path
         # Deep home folders overflow the unix socket limit: keep a short, stable path.
         digest = hashlib.sha256(str(self.directory).encode()).hexdigest()[:16]
-        short = Path(tempfile.gettempdir()) / f"pymachine-{os.getuid()}"
-        short.mkdir(mode=0o700, exist_ok=True)
+        short = private_folder(Path(tempfile.gettempdir()) / f"pymachine-{os.getuid()}")
         return str(short / f"{digest}-{role}.qmp")
 
     @property
@@ -647,7 +687,7 @@ class QemuDriver(Driver):
                 # The ISO boots through systemd-boot, which appends this SMBIOS string to
                 # the kernel's command line: a CD boot is tuned as a direct boot is.
                 argv += ["-smbios", f"type=11,value={option_value(SMBIOS_CMDLINE + ' '.join(tuning))}"]
-        argv += ["-drive", f"file={option_value(self.disk)},if=none,id=data,format=qcow2,discard=unmap", "-device", "virtio-blk-pci,drive=data"]
+        argv += ["-drive", f"file={option_value(self.disk)},if=none,id={DATA_DRIVE},format=qcow2,discard=unmap", "-device", f"virtio-blk-pci,drive={DATA_DRIVE}"]
         argv += ["-drive", f"file={option_value(spec.config_medium)},if=none,id=config,format=raw,readonly=on", "-device", "virtio-blk-pci,drive=config"]
         # Shared host folders over virtio-9p. security_model=none: files the guest makes
         # belong to the user running QEMU, and guest chowns that the host refuses are ignored.
@@ -724,7 +764,10 @@ class QemuDriver(Driver):
         for path in (self.disk, self.pidfile, self.directory / "qemu.log", self.directory / "serial.log", self.directory / "serial.log.1"):
             path.unlink(missing_ok=True)
         for role in ("control", "watcher"):
-            _unlink(self._socket(role))
+            try:
+                _unlink(self._socket(role))
+            except DriverError:
+                pass  # an unsafe socket folder: nothing of ours to delete in it
 
     def state(self) -> State:
         pid = self._pid()
@@ -747,6 +790,36 @@ class QemuDriver(Driver):
             "guest-panicked": State.ERROR,
             "io-error": State.ERROR,
         }.get(status, State.RUNNING)
+
+    def disk_size_mb(self) -> int:
+        if self._pid() is not None:
+            # QEMU holds the image: ask it (qemu-img would need -U to read it now).
+            try:
+                with self._qmp() as qmp:
+                    devices = qmp.execute("query-block")
+            except QMPError as exc:
+                raise DriverError(f"QEMU monitor of machine '{self.spec.name}' did not answer: {exc}", f"Run `pymachine status {self.spec.name}`") from None
+            for device in devices:
+                if device.get("device") == DATA_DRIVE:
+                    return int(device["inserted"]["image"]["virtual-size"]) // MIB
+            raise DriverError(f"QEMU of machine '{self.spec.name}' has no drive '{DATA_DRIVE}'", f"Run `pymachine restart {self.spec.name}`")
+        if not self.disk.exists():
+            raise DriverError(f"The data disk of machine '{self.spec.name}' is missing ({self.disk})", f"Run `pymachine rm {self.spec.name}` and create it again")
+        qemu_img = find_program(self.runner, "qemu-img") or "qemu-img"
+        out = self.runner.run([qemu_img, "info", "--output=json", "-f", "qcow2", str(self.disk)], timeout=60).stdout
+        return int(json.loads(out)["virtual-size"]) // MIB
+
+    def grow_disk(self, size_mb: int) -> None:
+        if self._pid() is not None:
+            # Online: the guest's virtio-blk sees the new capacity at once.
+            try:
+                with self._qmp(timeout=30.0) as qmp:
+                    qmp.execute("block_resize", {"device": DATA_DRIVE, "size": size_mb * MIB})
+            except QMPError as exc:
+                raise DriverError(f"QEMU could not grow the data disk of machine '{self.spec.name}': {exc}", f"Run `pymachine stop {self.spec.name}`, then `pymachine disk grow {self.spec.name} {size_mb}M`") from None
+            return
+        qemu_img = find_program(self.runner, "qemu-img") or "qemu-img"
+        self.runner.run([qemu_img, "resize", "-q", "-f", "qcow2", str(self.disk), f"{size_mb}M"], timeout=120)
 
     def add_forward(self, forward: PortForward) -> None:
         rule = f"{forward.protocol}:{forward.host_ip}:{forward.host_port}-:{forward.guest_port}"
@@ -841,4 +914,3 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
-

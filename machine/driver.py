@@ -70,6 +70,10 @@ class Feature(str, enum.Enum):
     STOPPED_FORWARDS = "stopped-forwards"
     #: host folders can be shared into the guest (`create --mount`)
     SHARED_FOLDERS = "shared-folders"
+    #: the data disk can be grown while the VM is stopped (`pymachine disk grow`)
+    DISK_GROW = "disk-grow"
+    #: the data disk can be grown while the VM runs, too
+    ONLINE_DISK_GROW = "online-disk-grow"
 
 
 @dataclass(frozen=True, order=True)
@@ -309,6 +313,15 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def list_forwards(self) -> list[PortForward]:
         """The forwards made through add_forward (not the machine's own SSH and Docker ports)."""
+
+    def disk_size_mb(self) -> int:
+        """The data disk's size in MB, as the hypervisor has it (DISK_GROW)."""
+        raise DriverError(f"The {self.name} driver cannot tell or change its data disk's size", "Run `pymachine drivers` to see what each driver can do")
+
+    def grow_disk(self, size_mb: int) -> None:
+        """Make the data disk `size_mb` MB, never smaller (DISK_GROW; while the VM runs only
+        with ONLINE_DISK_GROW). The guest's filesystem is the guest's business."""
+        raise DriverError(f"The {self.name} driver cannot grow its data disk", "Run `pymachine drivers` to see what each driver can do")
 
     @classmethod
     @abc.abstractmethod

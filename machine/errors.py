@@ -104,6 +104,16 @@ class ProvisionError(MachineError):
     """Installing or starting the Docker engine in the guest failed."""
 
 
+class EngineFailed(ProvisionError):
+    """The guest answers SSH, but its Docker engine could not be brought up. The VM is
+    left running, so that `pymachine ssh` can get in and a later `start` or `provision`
+    can recover."""
+
+
+class DataDiskFull(EngineFailed):
+    """The guest's data disk (/var/lib/docker) has no room left."""
+
+
 class HypervisorConflict(MachineError):
     """Another hypervisor runs VMs, and starting ours could hang the host."""
 

@@ -29,6 +29,7 @@ from pymachine.driver import (
 )
 from pymachine.errors import (
     DriverError,
+    EngineFailed,
     Interrupted,
     MachineError,
     MachineNotFound,
@@ -273,12 +274,15 @@ class Machine:
         diagnoses what went wrong.
         """
         from pymachine.guest.dockerapi import DockerAPI
+        from pymachine.guest.provision import console_says_disk_full
 
         endpoint = driver.docker_endpoint()
         api = DockerAPI(endpoint.host, endpoint.port, self.certs)
+        log = driver.serial_log()
         try:
             with self.home.progress.step("Waiting for Docker"):
-                api.wait_ready(ENGINE_BOOT_TIMEOUT)
+                # A guest whose console says its data disk is full will not get dockerd up.
+                api.wait_ready(ENGINE_BOOT_TIMEOUT, hopeless=(lambda: console_says_disk_full(log)) if log else None)
             return True
         except MachineError:
             self.home.progress.note("Docker did not come back on its own; provisioning over SSH")
@@ -304,6 +308,10 @@ class Machine:
         config = self.config
         driver = self.driver()
         state = driver.state()
+        if state == State.RUNNING and config.status == STATUS_ERROR:
+            # Left running on purpose (its engine failed, e.g. on a full data disk): try again.
+            self._recover(driver)
+            return
         if state == State.RUNNING:
             raise MachineStateError(f"Machine '{self.name}' is already running", f"Run `pymachine restart {self.name}` to reboot it")
         if state == State.NOT_FOUND:
@@ -321,10 +329,29 @@ class Machine:
         except KeyboardInterrupt:
             self._fail("interrupted during start", driver)
             raise Interrupted(f"Starting machine '{self.name}' was interrupted; it was stopped again", f"Run `pymachine start {self.name}`") from None
+        except EngineFailed as exc:
+            # SSH answers: keep the VM up, so `pymachine ssh` can get in to fix it.
+            self._mark_error(exc)
+            raise
         except MachineError:
             driver.kill()
             raise
         self._mark_ready()
+
+    def _recover(self, driver: Driver) -> None:
+        """Provision a running machine left in Error; Ready again if its engine comes up."""
+        try:
+            self._provision(driver, engine_for(self.config, self.home.cache))
+        except EngineFailed as exc:
+            self._mark_error(exc)
+            raise
+        self._mark_ready()
+
+    def _mark_error(self, exc: MachineError) -> None:
+        """State Error with the reason, the VM left as it is."""
+        self.config.status = STATUS_ERROR
+        self.config.error = exc.message.splitlines()[0][:300]
+        self.save()
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> bool:
         """Shut the guest down cleanly (force it after `timeout`); False if it was not running."""
@@ -391,9 +418,65 @@ class Machine:
         """Run provisioning again on a running machine (installs, certificates, config)."""
         with self.changing():
             driver = self._running_driver()
-            self._provision(driver, engine_for(self.config, self.home.cache), reinstall=reinstall)
+            try:
+                self._provision(driver, engine_for(self.config, self.home.cache), reinstall=reinstall)
+            except EngineFailed as exc:
+                self._mark_error(exc)
+                raise
             self._mark_ready()
         self.after_ready()
+
+    def grow_disk(self, size_mb: int, restart: bool = False) -> tuple[int, int]:
+        """Grow the data disk to `size_mb` MB: (its size before, after). A running machine's
+        filesystem grows at once where the driver grows disks online; a stopped one's at its
+        next boot. `restart` stops and starts a running machine whose driver cannot."""
+        with self.changing():
+            driver = self.driver()
+            if not driver.supports(Feature.DISK_GROW):
+                raise DriverError(f"The {self.config.driver} driver cannot grow data disks", "Run `pymachine drivers` to see what each driver can do")
+            before = driver.disk_size_mb()
+            if size_mb < before:
+                raise MachineError(
+                    f"The data disk of machine '{self.name}' is {_size_text(before)}; it can grow, never shrink to {_size_text(size_mb)}",
+                    f"Run `pymachine disk grow {self.name} SIZE` with SIZE above {_size_text(before)}",
+                )
+            if size_mb == before:
+                self.home.progress.note(f"The data disk of machine '{self.name}' is already {_size_text(before)}")
+                return before, before
+            running = driver.state() not in (State.STOPPED, State.NOT_FOUND, State.SAVED)
+            online = running and driver.supports(Feature.ONLINE_DISK_GROW)
+            if running and not online:
+                if not restart:
+                    raise MachineStateError(
+                        f"Machine '{self.name}' is running, and the {self.config.driver} driver grows its data disk only while it is stopped",
+                        f"Run `pymachine stop {self.name}` first, or `pymachine disk grow --restart {self.name} {_size_text(size_mb)}`",
+                    )
+                self._power_off("Stopping", lambda d: d.stop(STOP_TIMEOUT))
+            with self.home.progress.step(f"Growing the data disk of machine '{self.name}' to {_size_text(size_mb)}"):
+                driver.grow_disk(size_mb)
+            self.config.disk_mb = size_mb
+            self.save()
+            if online:
+                self._grow_online(driver, size_mb)
+            elif running:
+                self._start(force=False)
+            else:
+                self.home.progress.note(f"The guest grows its filesystem to the new size when it boots: run `pymachine start {self.name}`")
+        if running:
+            self.after_ready()
+        return before, size_mb
+
+    def _grow_online(self, driver: Driver, size_mb: int) -> None:
+        """The guest's filesystem to the disk's new size, then Docker checked (and brought
+        back, where a full disk had stopped it)."""
+        from pymachine.guest.provision import grow_filesystem
+
+        with self.home.progress.step("Growing the guest's filesystem"), self.ssh(driver) as ssh:
+            grown_kb = grow_filesystem(ssh, size_mb)
+        if grown_kb < size_mb * 1024 * 0.9:
+            # The guest's kernel has not seen the new size yet; its boot grows the filesystem.
+            self.home.progress.note(f"The guest's filesystem is {grown_kb // 1024} MB for now; it takes the whole disk at the next `pymachine restart {self.name}`")
+        self._recover(driver)
 
     def regenerate_certs(self, include_ca: bool = False) -> None:
         """New client credentials (and CA if asked) and a new server certificate, installed."""
@@ -544,3 +627,8 @@ class Machine:
         if not self.home.contexts.exists(self.name):
             self._save_context()
         self.home.contexts.use(self.name)
+
+
+def _size_text(size_mb: int) -> str:
+    """40960 -> "40G", 1536 -> "1536M": as `disk grow` takes sizes."""
+    return f"{size_mb // 1024}G" if size_mb % 1024 == 0 else f"{size_mb}M"

@@ -83,7 +83,7 @@ def parallels_driver(tmp_path: Path, name: str = "contract", arch: str = AMD64) 
     """A Parallels driver on a fresh fake host (prlctl and prlsrvctl): an Intel Mac for
     amd64, an Apple Silicon Mac for arm64."""
     fake = FakeParallels(tmp_path / "parallels.json").initialise(host_arch=VBOX_PLATFORMS[arch])
-    host = fake_host(tmp_path, ("prlctl", "prlsrvctl"), parallels_model.STATE_ENV, fake.path, arch)
+    host = fake_host(tmp_path, ("prlctl", "prlsrvctl", "prl_disk_tool"), parallels_model.STATE_ENV, fake.path, arch)
     spec = dataclasses.replace(make_spec(tmp_path / "machine", name, BootMedia(host.iso)), arch=arch)
     driver = ParallelsDriver(spec, ParallelsOptions(), host.runner)
     driver.poll_interval = 0.05

@@ -148,3 +148,19 @@ def test_lifecycle(harness: Harness) -> None:
 def test_the_fake_harnesses_are_in_the_suite() -> None:
     # Intel and Apple Silicon, for both drivers that run through fakes.
     assert {"virtualbox-cli", "virtualbox-api", "virtualbox-arm", "parallels", "parallels-arm"} <= set(HARNESSES)
+
+
+def test_a_broken_fake_harness_fails_collection_loudly() -> None:
+    """If the fakes cannot be imported, the VirtualBox and Parallels cases must not vanish
+    quietly: collecting this suite fails, naming the import."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    code = (
+        "import sys, pytest; sys.modules['tests.fake_harnesses'] = None; "
+        "sys.exit(pytest.main(['--collect-only', '-q', '-p', 'no:cacheprovider', 'tests/test_driver_contract.py']))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode != 0, done.stdout
+    assert "error during collection" in done.stdout and "fake_harnesses" in done.stdout, done.stdout

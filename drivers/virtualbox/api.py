@@ -271,6 +271,16 @@ class ApiBackend:
 
         self._call(f"delete disk {path}", close)
 
+    def _hard_disk(self, path: Path) -> Any:
+        return self.vbox.open_medium(str(path), self.lib.DeviceType.hard_disk, self.lib.AccessMode.read_write, False)
+
+    def disk_size_mb(self, path: Path) -> int:
+        return self._call(f"read the size of {path}", lambda: int(self._hard_disk(path).logical_size) // (1024 * 1024))
+
+    def resize_disk(self, path: Path, size_mb: int) -> None:
+        operation = f"resize disk {path}"
+        self._call(operation, lambda: self._wait(self._hard_disk(path).resize(size_mb * 1024 * 1024), operation))
+
     def add_rule(self, vm: str, rule: NatRule, running: bool) -> None:
         def add() -> None:
             with self._session(vm, self.lib.LockType.shared if running else self.lib.LockType.write) as session:

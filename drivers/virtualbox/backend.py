@@ -170,6 +170,12 @@ class Backend(Protocol):
     def close_disk(self, path: Path) -> None:
         """Forget a hard disk image VirtualBox still knows without a VM, and delete it."""
 
+    def disk_size_mb(self, path: Path) -> int:
+        """A hard disk image's capacity in MB."""
+
+    def resize_disk(self, path: Path, size_mb: int) -> None:
+        """Give a hard disk image a new capacity; VirtualBox refuses while a VM holds it."""
+
     def add_rule(self, vm: str, rule: NatRule, running: bool) -> None:
         """Add a NAT rule, live when `running`, else in the VM's settings."""
 

@@ -156,6 +156,7 @@ class VirtualBoxDriver(Driver):
             Feature.ANY_HOST_ADDRESS,
             Feature.SERIAL_LOG,
             Feature.SHARED_FOLDERS,
+            Feature.DISK_GROW,
         }
     )
     options: VirtualBoxOptions
@@ -405,6 +406,15 @@ class VirtualBoxDriver(Driver):
         if info is None:
             return State.NOT_FOUND
         return VM_STATES.get(info.state, State.ERROR)
+
+    def disk_size_mb(self) -> int:
+        return self._do("read the data disk size of", lambda: self.backend.disk_size_mb(self.disk))
+
+    def grow_disk(self, size_mb: int) -> None:
+        # VirtualBox write-locks the disks of a running VM: it must be powered off.
+        if self._require_info().state in LIVE_STATES:
+            raise MachineStateError(f"VirtualBox grows the data disk of machine '{self.vm}' only while it is powered off", f"Run `pymachine stop {self.vm}` first")
+        self._do("grow the data disk of", lambda: self.backend.resize_disk(self.disk, size_mb))
 
     def add_forward(self, forward: PortForward) -> None:
         info = self._require_info()

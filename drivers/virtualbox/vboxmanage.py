@@ -40,6 +40,8 @@ ARM_CONTROLLER = "VirtIO"
 
 _CODE = re.compile(r"[Cc]ode (\w+) \((0x[0-9a-fA-F]+)\)")
 _ERROR_PREFIX = re.compile(r"^.*?error:\s*")
+#: `showmediuminfo`'s "Capacity:       20480 MBytes"
+_CAPACITY = re.compile(r"^Capacity:\s+(\d+) MBytes", re.M)
 _FORWARDING = re.compile(r"^Forwarding\(\d+\)$")
 _KEY_VALUE = re.compile(r'^(?:"((?:[^"\\]|\\.)*)"|([^=]+))=(.*)$')
 
@@ -164,6 +166,16 @@ class VBoxManageBackend:
 
     def close_disk(self, path: Path) -> None:
         self.run("closemedium", "disk", str(path), "--delete")
+
+    def disk_size_mb(self, path: Path) -> int:
+        out = self.run("showmediuminfo", "disk", str(path), timeout=30).stdout
+        found = _CAPACITY.search(out)
+        if found is None:
+            raise VBoxFailure(f"read the size of {path}", "showmediuminfo printed no Capacity line")
+        return int(found.group(1))
+
+    def resize_disk(self, path: Path, size_mb: int) -> None:
+        self.run("modifymedium", "disk", str(path), "--resize", str(size_mb), timeout=600)
 
     def add_rule(self, vm: str, rule: NatRule, running: bool) -> None:
         if running:

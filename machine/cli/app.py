@@ -37,6 +37,8 @@ app = typer.Typer(
 )
 image_app = typer.Typer(help="Build and inspect the boot image.", no_args_is_help=True)
 app.add_typer(image_app, name="image")
+disk_app = typer.Typer(help="The machine's data disk (/var/lib/docker).", no_args_is_help=True)
+app.add_typer(disk_app, name="disk")
 
 
 @dataclass
@@ -234,6 +236,24 @@ def remove(
     for machine in doomed:
         machine.remove(force=force)
         print(f"Removed machine '{machine.name}'.", file=sys.stderr)
+
+
+@disk_app.command("grow")
+def disk_grow(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="The machine."),
+    size: str = typer.Argument(..., help="The disk's new size, larger than now: MB, or with a unit: 40G."),
+    restart: bool = typer.Option(False, "--restart", help="Stop and start a running machine whose driver grows disks only while it is stopped."),
+) -> None:
+    """Grow a machine's data disk, and the filesystem on it (it never shrinks)."""
+    try:
+        size_mb = _size_mb(size, "SIZE")
+    except MachineError as exc:
+        raise MachineError(exc.message, "Run `pymachine disk grow --help`") from None
+    machine = _session(ctx).machine(name)
+    before, after = machine.grow_disk(size_mb, restart=restart)
+    if after != before:
+        print(f"The data disk of machine '{name}' is now {after} MB (was {before} MB).", file=sys.stderr)
 
 
 @app.command()

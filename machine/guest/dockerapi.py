@@ -87,12 +87,15 @@ class DockerAPI:
         response.raise_for_status()
         return EventStream(response)
 
-    def wait_ready(self, timeout: float, on_failure: Any = None) -> None:
-        """Poll /_ping until it answers OK; raise ProvisionError after `timeout` seconds."""
+    def wait_ready(self, timeout: float, on_failure: Any = None, hopeless: Any = None) -> None:
+        """Poll /_ping until it answers OK; raise ProvisionError after `timeout` seconds,
+        or as soon as `hopeless()` says waiting longer cannot help."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.ping(timeout=min(5.0, max(0.5, deadline - time.monotonic()))):
                 return
+            if hopeless is not None and hopeless():
+                break
             time.sleep(0.25)
         detail = on_failure() if on_failure else ""
         raise ProvisionError(f"The Docker daemon did not answer on {self.base} within {timeout:.0f}s{detail}")

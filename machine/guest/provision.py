@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pymachine.driver import Driver
-from pymachine.errors import ProvisionError, SSHError
+from pymachine.errors import DataDiskFull, EngineFailed, MachineError, ProvisionError, SSHError
 from pymachine.guest.certs import CertificateAuthority, CertPaths, server_needs_renewal
 from pymachine.guest.dockerapi import DockerAPI
 from pymachine.guest.ssh import GuestSSH
@@ -45,6 +45,25 @@ READY_LINE = b"pymachine: ready"
 #: How long a console without that line holds back the first SSH attempt.
 CONSOLE_READY_WAIT = 30.0
 DOCKER_TIMEOUT = 90.0
+#: Less room than this on the data disk, and dockerd cannot be counted on to start or write.
+FULL_BELOW_KB = 64 * 1024
+#: What the guest's console says at boot when the data disk is full (iso/rootfs/etc/init.d/rcS).
+FULL_DISK_LINE = b"pymachine: the data disk "
+#: Interfaces the engine makes in the guest (docker0, user bridges br-*, containers' veths).
+ENGINE_INTERFACES = ("docker", "br-", "veth")
+#: Where the guest's boot names the NIC it configured (iso/rootfs/etc/init.d/rcS).
+NIC_FILE = "/run/pymachine/nic"
+#: One SSH round trip for every fact provisioning needs, in sections split by "--" lines:
+#: the NIC, every interface's IPv4 addresses, the engine's bundle and state, whether the
+#: data disk is mounted, the config files' sums, the data disk's size and free KiB.
+FACTS_SCRIPT = (
+    f"cat {NIC_FILE} 2>/dev/null; echo --; "
+    "ip -4 -o addr show scope global | awk '{print $2, $4}'; echo --; "
+    f"{ENGINE} version; echo --; {ENGINE} status; echo --; "
+    "grep -q ' /mnt/data ' /proc/mounts && echo data || echo ram; echo --; "
+    f"sha256sum {' '.join(CONFIG_FILES)} 2>/dev/null; echo --; "
+    "df -kP /mnt/data 2>/dev/null | awk 'NR == 2 {print $2, $4}'; true"
+)
 
 
 @dataclass(frozen=True)
@@ -60,12 +79,65 @@ class EngineBundle:
 class GuestFacts:
     """What one SSH round trip tells about the guest."""
 
+    #: the IPv4 addresses of the guest's own NIC (the server certificate's SANs)
     addresses: list[str]
     engine_sha256: str
     engine_running: bool
     data_disk: bool
     #: sha256 of each config file pymachine writes, as the guest has it now
     config_sums: dict[str, str]
+    #: the data disk's filesystem: its size and what is free, in KiB (0: unknown)
+    data_kb: int = 0
+    free_kb: int = 0
+
+    @property
+    def data_disk_full(self) -> bool:
+        """True when the data disk has too little room for dockerd to start or write."""
+        return self.data_disk and self.data_kb > 0 and self.free_kb < FULL_BELOW_KB
+
+
+def nic_addresses(nic: str, lines: str) -> list[str]:
+    """The IPv4 addresses of `nic` among `IFACE ADDRESS` lines (`ip -4 -o addr show`).
+
+    Only the NIC pymachine configured counts: docker0, Docker's other bridges and the
+    containers' veths come and go with the engine, and a server certificate that named
+    them would be reissued (and dockerd restarted) whenever they change. A guest that
+    does not say which NIC it configured (an older image) is read without those."""
+    pairs = [line.split()[:2] for line in lines.splitlines() if len(line.split()) >= 2]
+    if nic:
+        chosen = [address for iface, address in pairs if iface == nic]
+    else:
+        chosen = [address for iface, address in pairs if not iface.startswith(ENGINE_INTERFACES)]
+    return [address.split("/")[0] for address in chosen]
+
+
+def full_disk_error(name: str, facts: GuestFacts, cause: str = "") -> DataDiskFull:
+    """The one line that says the data disk is full, and what to run."""
+    size_gb = facts.data_kb / 1024 / 1024
+    bigger = max(2, int(size_gb * 2 + 0.999))
+    free = f"{facts.free_kb // 1024} MB free of {size_gb:.1f} GB"
+    why = f" ({cause})" if cause else ""
+    if facts.engine_running:
+        fix = f"Free space with `docker --context pymachine-{name} system prune -a`, or grow the disk with `pymachine disk grow {name} {bigger}G`; then run `pymachine provision {name}`"
+    else:
+        fix = f"Run `pymachine disk grow {name} {bigger}G` (or free space in /var/lib/docker over `pymachine ssh {name}`), then `pymachine provision {name}`"
+    return DataDiskFull(f"The data disk of machine '{name}' is full ({free}){why}, so Docker cannot run; the VM is left running", fix)
+
+
+def grow_filesystem(ssh: GuestSSH, size_mb: int) -> int:
+    """Grow the mounted data disk's ext4 to its device's new size (online); its new size in
+    KiB. Waits for the guest's kernel to see a disk the hypervisor has just grown."""
+    sectors = size_mb * 2048
+    script = (
+        "dev=$(awk '$2 == \"/mnt/data\" {print $1}' /proc/mounts); "
+        '[ -n "$dev" ] || { echo "no data disk is mounted at /mnt/data" >&2; exit 1; }; '
+        "name=${dev#/dev/}; i=0; "
+        f'while [ "$(cat /sys/class/block/$name/size)" -lt {sectors} ] && [ $i -lt 100 ]; do usleep 100000; i=$((i + 1)); done; '
+        'resize2fs "$dev" >/dev/null 2>&1 || resize2fs "$dev"; '
+        "df -kP /mnt/data | awk 'NR == 2 {print $2}'"
+    )
+    out = ssh.run(script, timeout=300).stdout.split()
+    return int(out[-1]) if out and out[-1].isdigit() else 0
 
 
 def tail(path: Path | None, lines: int = 15) -> str:
@@ -141,6 +213,15 @@ def console_ready(log: Path, patience: float = CONSOLE_READY_WAIT) -> Callable[[
     return booted
 
 
+def console_says_disk_full(log: Path) -> bool:
+    """True if this boot's console has the guest's line about a full data disk."""
+    try:
+        with open(log, "rb") as handle:
+            return FULL_DISK_LINE in handle.read()
+    except OSError:
+        return False
+
+
 class Provisioner:
     """Runs the provisioning steps for one machine."""
 
@@ -159,28 +240,43 @@ class Provisioner:
             self.ssh.wait(timeout, on_failure=lambda: tail(log), booted=console_ready(log) if log else None)
 
     def facts(self) -> GuestFacts:
-        script = (
-            f"ip -4 -o addr show scope global | awk '{{print $4}}' | cut -d/ -f1; echo --; "
-            f"{ENGINE} version; echo --; {ENGINE} status; echo --; "
-            "grep -q ' /mnt/data ' /proc/mounts && echo data || echo ram; echo --; "
-            f"sha256sum {' '.join(CONFIG_FILES)} 2>/dev/null; true"
-        )
-        out = self.ssh.run(script, timeout=30).stdout
-        parts = [p.strip() for p in out.split("--")]
-        while len(parts) < 5:
+        out = self.ssh.run(FACTS_SCRIPT, timeout=30).stdout
+        parts = [""]
+        for line in out.splitlines():
+            if line.strip() == "--":
+                parts.append("")
+            else:
+                parts[-1] += line + "\n"
+        parts = [p.strip() for p in parts]
+        while len(parts) < 7:
             parts.append("")
         sums = {}
-        for line in parts[4].splitlines():
+        for line in parts[5].splitlines():
             digest, _, path = line.strip().partition("  ")
             if path:
                 sums[path] = digest
+        space = [int(n) for n in parts[6].split() if n.isdigit()]
+        data_kb, free_kb = (space[0], space[1]) if len(space) >= 2 else (0, 0)
         return GuestFacts(
-            addresses=[a for a in parts[0].split() if a],
-            engine_sha256=parts[1].strip(),
-            engine_running=parts[2].strip() == "running",
-            data_disk=parts[3].strip() == "data",
+            addresses=nic_addresses(parts[0].strip(), parts[1]),
+            engine_sha256=parts[2].strip(),
+            engine_running=parts[3].strip() == "running",
+            data_disk=parts[4].strip() == "data",
             config_sums=sums,
+            data_kb=data_kb,
+            free_kb=free_kb,
         )
+
+    def check_room(self, cause: Exception | None = None) -> None:
+        """Raise DataDiskFull when the data disk is full (after `cause`, a failed step,
+        only if the disk explains it)."""
+        try:
+            facts = self.facts()
+        except SSHError:
+            return
+        if facts.data_disk_full:
+            detail = str(cause).splitlines()[0][:120] if cause is not None else ""
+            raise full_disk_error(self.config.name, facts, detail)
 
     def install_engine(self, engine: EngineBundle, facts: GuestFacts, force: bool = False) -> bool:
         """Upload and unpack the bundle unless the guest has this very one; True if installed."""
@@ -265,13 +361,24 @@ class Provisioner:
 
     def run(self, engine: EngineBundle | None, driver_name: str, *, reinstall: bool = False, regenerate: bool = False) -> GuestFacts:
         """All steps, from a booted VM to a daemon answering over TLS; `engine` None keeps
-        the guest's installed engine."""
+        the guest's installed engine.
+
+        Once SSH answers, a failure is an EngineFailed (DataDiskFull when the data disk is
+        the reason): the guest is reachable, so the caller keeps it running."""
         self.wait_for_ssh()
-        facts = self.facts()
-        installed = False
-        if engine is not None:
-            installed = self.install_engine(engine, facts, force=reinstall)
-        changed = self.configure(facts, driver_name, regenerate=regenerate)
-        self.start_engine(restart=facts.engine_running and (installed or changed))
-        self.wait_for_docker()
+        try:
+            facts = self.facts()
+            if facts.data_disk_full:
+                raise full_disk_error(self.config.name, facts)
+            installed = False
+            if engine is not None:
+                installed = self.install_engine(engine, facts, force=reinstall)
+            changed = self.configure(facts, driver_name, regenerate=regenerate)
+            self.start_engine(restart=facts.engine_running and (installed or changed))
+            self.wait_for_docker()
+        except EngineFailed:
+            raise
+        except MachineError as exc:
+            self.check_room(exc)
+            raise EngineFailed(exc.message, exc.hint) from exc
         return facts

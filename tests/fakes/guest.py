@@ -26,13 +26,17 @@ from pathlib import Path
 from typing import Any
 
 from pymachine.errors import SSHError
-from pymachine.guest.provision import CONFIG_FILES, ENGINE, GUEST_STATE, TLS_DIR
+from pymachine.guest.provision import CONFIG_FILES, ENGINE, FACTS_SCRIPT, GUEST_STATE, TLS_DIR
 from pymachine.guest.ssh import Result, SSHTarget
 
 #: (vm name, protocol, host port, guest port) -> does a running VM carry that forward?
 ForwardCheck = Callable[[str, str, int, int], bool]
 #: vm name -> the host port of its forward to guest port 2376
 DockerPort = Callable[[str], int]
+#: vm name -> its data disk's size in MB
+DiskSize = Callable[[str], int]
+#: Less free room than this (KiB), and dockerd dies at start ("no space left on device").
+ENGINE_NEEDS_KB = 64 * 1024
 
 
 class _Ping(http.server.BaseHTTPRequestHandler):
@@ -64,6 +68,14 @@ class GuestState:
     thread: threading.Thread | None = None
     tls_dir: tempfile.TemporaryDirectory | None = None
     log: list[str] = field(default_factory=list)
+    #: what the data disk holds, in KiB (its size comes from the farm's disk_mb)
+    used_kb: int = 1024 * 1024
+    #: dockerd has run since boot (so docker0 exists)
+    engine_ran: bool = False
+    #: how many times dockerd was (re)started
+    engine_starts: int = 0
+    #: the boot of its VM this guest was last reached in (GuestFarm.boot_id)
+    boot: str = ""
 
     @property
     def engine_running(self) -> bool:
@@ -73,10 +85,23 @@ class GuestState:
 class GuestFarm:
     """The guests of one test; its `connect` is a Home's ssh_factory."""
 
-    def __init__(self, forward_works: ForwardCheck, docker_port: DockerPort) -> None:
+    def __init__(self, forward_works: ForwardCheck, docker_port: DockerPort, disk_mb: DiskSize | None = None) -> None:
         self.forward_works = forward_works
         self.docker_port = docker_port
+        #: the VM's data disk size in MB, as its hypervisor has it: the guest's filesystem
+        #: fills the disk (the guest grows it at boot), 20 GB when not given
+        self.disk_mb = disk_mb or (lambda name: 20480)
+        #: vm name -> something that changes with each boot of its VM; when given, a guest
+        #: reached after a new boot lost its running dockerd, and starts the installed one
+        #: as the real guest's boot does (`engine boot`)
+        self.boot_id: Callable[[str], str] | None = None
         self.guests: dict[str, GuestState] = {}
+
+    def space(self, name: str) -> tuple[int, int]:
+        """`df -kP /mnt/data` of guest `name`: (size, free) in KiB."""
+        size = self.disk_mb(name) * 1024
+        used = self.guests[name].used_kb if name in self.guests else 0
+        return size, max(0, size - used)
 
     def connect(self, target: SSHTarget) -> ScriptedGuest:
         state = self.guests.setdefault(target.machine, GuestState(target.machine))
@@ -112,7 +137,22 @@ class ScriptedGuest:
             )
         if self.target.user != "root" or not self.target.key_path.exists():
             raise SSHError(f"Machine '{self.target.machine}' refused pymachine's SSH key", f"Run `pymachine logs {self.target.machine}` to see the guest's console")
+        self._boot()
         self.connected = True
+
+    def _boot(self) -> None:
+        if self.farm.boot_id is None:
+            return
+        boot = self.farm.boot_id(self.target.machine)
+        state = self.state
+        if state.boot == boot:
+            return
+        state.boot = boot
+        stop_engine(state)
+        state.engine_ran = False
+        configured = state.engine_sha256 and f"{GUEST_STATE}/daemon.json" in state.files
+        if configured and self.farm.space(state.name)[1] >= ENGINE_NEEDS_KB:
+            start_engine(state, self.farm.docker_port(state.name))
 
     def connect(self) -> None:
         self.wait(10)
@@ -157,10 +197,13 @@ class ScriptedGuest:
 
     def _answer(self, command: str) -> tuple[int, str, str]:
         state = self.state
-        if command.startswith("ip -4 -o addr show scope global"):
+        if command == FACTS_SCRIPT:
             sums = "".join(f"{hashlib.sha256(state.files[p]).hexdigest()}  {p}\n" for p in CONFIG_FILES if p in state.files)
             running = "running" if state.engine_running else "stopped"
-            return 0, f"10.0.2.15\n--\n{state.engine_sha256}\n--\n{running}\n--\ndata\n--\n{sums}", ""
+            # As in the real guest: docker0 appears once dockerd has run.
+            addresses = "eth0 10.0.2.15/24\n" + ("docker0 172.17.0.1/16\n" if state.engine_ran else "")
+            size, free = self.farm.space(state.name)
+            return 0, f"eth0\n--\n{addresses}--\n{state.engine_sha256}\n--\n{running}\n--\ndata\n--\n{sums}--\n{size} {free}\n", ""
         if command.startswith(f"{ENGINE} install "):
             _, _, bundle, want = command.split()[:4]
             data = state.files.pop(bundle, None)
@@ -180,6 +223,10 @@ class ScriptedGuest:
                 return 1, "", "engine: no engine installed: run `pymachine provision` on the host\n"
             if f"{GUEST_STATE}/daemon.json" not in state.files:
                 return 1, "", "engine: no daemon config: run `pymachine provision` on the host\n"
+            if self.farm.space(state.name)[1] < ENGINE_NEEDS_KB:
+                # The supervisor starts, and dockerd dies at once, again and again.
+                state.log.append("failed to start daemon: error initializing graphdriver: mkdir /var/lib/docker/overlay2: no space left on device")
+                return 0, "", ""
             if not state.engine_running:
                 start_engine(state, self.farm.docker_port(self.target.machine))
             return 0, "", ""
@@ -257,6 +304,8 @@ def dockerd_validate(config: bytes, args: bytes, config_path: str) -> tuple[int,
 
 def start_engine(state: GuestState, host_port: int) -> None:
     """dockerd answering /_ping over TLS on the host side of the Docker forward."""
+    state.engine_ran = True
+    state.engine_starts += 1
     state.tls_dir = tempfile.TemporaryDirectory(prefix="fake-guest-tls-")
     folder = Path(state.tls_dir.name)
     for name in ("ca.pem", "server.pem", "server-key.pem"):

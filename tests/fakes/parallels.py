@@ -54,6 +54,18 @@ class Failure(Exception):
         self.status = status
 
 
+#: prl_disk_tool's words, from its string table (Virtuozzo's open prl-disk-tool,
+#: StringTable.cpp); Parallels Desktop's prl_disk_tool shares the tool's lineage.
+DISK_INVALID_OPTION = "Invalid option '{}'"
+DISK_INVALID_ARGS = "Invalid arguments"
+DISK_NOT_FOUND = 'The specified disk image "{}" does not exist'
+#: A disk whose VM runs. UNVERIFIED wording: the manual only says to use prl_disk_tool
+#: "on disks of stopped virtual machines" (the running VM holds the image's lock).
+DISK_IN_USE = "Failed to resize the disk: the disk image is in use by a running virtual machine."
+#: Shrinking without --resize_partition. UNVERIFIED wording.
+DISK_SHRINK = "Failed to resize the disk: the new size is smaller than the current size ({} Mb); use --resize_partition to shrink the last partition first."
+
+
 def main(argv: list[str]) -> int:
     program, args = argv[0], argv[1:]
     fake = FakeParallels.from_environment()
@@ -69,6 +81,8 @@ def main(argv: list[str]) -> int:
                 raise Failure("Login failed: Unable to connect to Parallels Service.")
             if program == "prlctl":
                 hang = prlctl(data, args, out)
+            elif program == "prl_disk_tool":
+                prl_disk_tool(data, args, out)
             else:
                 prlsrvctl(data, args, out)
     except Failure as exc:
@@ -437,6 +451,66 @@ def _field(vm: dict[str, Any], field: str) -> Any:
     if field not in vm:
         raise Failure(f"Unknown field: {field}", 1)  # wording unconfirmed
     return vm[field]
+
+
+# -- prl_disk_tool ------------------------------------------------------------------------
+
+
+def prl_disk_tool(data: dict[str, Any], args: list[str], out: list[str]) -> None:
+    """`prl_disk_tool resize --hdd PATH --size N[K|M|G|T] [--resize_partition] [--force]` and
+    `prl_disk_tool resize -i|--info --hdd PATH`: the parts of the tool pymachine uses."""
+    if not args or args[0] != "resize":
+        raise Failure(DISK_INVALID_ARGS, 1)
+    opts: dict[str, Any] = {}
+    i = 1
+    while i < len(args):
+        arg = args[i]
+        if arg in ("--hdd", "--size", "--units"):
+            if i + 1 >= len(args):
+                raise Failure(DISK_INVALID_ARGS, 1)
+            opts[arg] = args[i + 1]
+            i += 2
+            continue
+        if arg in ("--resize_partition", "--force", "-i", "--info"):
+            opts[arg] = True
+        else:
+            raise Failure(DISK_INVALID_OPTION.format(arg), 1)
+        i += 1
+    if "--hdd" not in opts:
+        raise Failure(DISK_INVALID_ARGS, 1)
+    path = str(Path(opts["--hdd"]).absolute()).rstrip("/")
+    owner, device = _disk_owner(data, path)
+    if device is None:
+        raise Failure(DISK_NOT_FOUND.format(opts["--hdd"]))
+    if "-i" in opts or "--info" in opts:
+        out += ["Disk information:", f"\tSize:\t\t\t\t\t\t{device['size']}M"]
+        return
+    if "--size" not in opts:
+        raise Failure(DISK_INVALID_ARGS, 1)
+    size = _size_mb(opts["--size"])
+    if owner is not None and owner["status"] in PROCESS_STATES:
+        raise Failure(DISK_IN_USE)
+    if size < device["size"] and "--resize_partition" not in opts:
+        raise Failure(DISK_SHRINK.format(device["size"]))
+    device["size"] = size
+    (Path(path) / "DiskDescriptor.xml").write_text(f"<Parallels_disk_image size_mb='{size}'/>\n")
+    out.append("Operation progress 100 %")  # UNVERIFIED wording; nothing reads it
+
+
+def _disk_owner(data: dict[str, Any], path: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    for vm in data["vms"]:
+        for device in vm["devices"].values():
+            if device["kind"] == "hdd" and device["image"].rstrip("/") == path:
+                return vm, device
+    return None, None
+
+
+def _size_mb(text: str) -> int:
+    units = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
+    number, unit = (text[:-1], text[-1].upper()) if text and text[-1].upper() in units else (text, "M")
+    if not number.isdigit():
+        raise Failure(DISK_INVALID_ARGS, 1)
+    return int(int(number) * units[unit])
 
 
 # -- prlsrvctl ----------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from .vbox_model import (
     E_INVALIDARG,
     VBOX_E_INVALID_OBJECT_STATE,
     VBOX_E_INVALID_VM_STATE,
+    VBOX_E_NOT_SUPPORTED,
     FakeVirtualBox,
     Host,
     VBoxFault,
@@ -124,6 +125,22 @@ class _Progress:
 
     def waitForCompletion(self, timeout: int) -> None:  # noqa: N802
         return None
+
+
+class _ErrorInfo:
+    """IVirtualBoxErrorInfo of a failed background task."""
+
+    def __init__(self, code: int, text: str) -> None:
+        self.resultCode = code  # noqa: N815
+        self.text = text
+
+
+class _FailedProgress(_Progress):
+    """An IProgress whose task failed."""
+
+    def __init__(self, code: int, text: str) -> None:
+        self.resultCode = code  # noqa: N815
+        self.errorInfo = _ErrorInfo(code, text)  # noqa: N815
 
 
 class _VirtualBox:
@@ -573,6 +590,26 @@ class _Medium:
 
     def close(self) -> None:
         self._svc.run("close", (self.location,), lambda host: host.close_disk(self.location, delete=False))
+
+    @property
+    def logicalSize(self) -> int:  # noqa: N802
+        medium = self._svc.run("logicalSize", (self.location,), lambda host: host.hard_disk(self.location))
+        return int(medium.get("size_mb", 0)) * 1024 * 1024
+
+    def resize(self, size: int) -> _Progress:
+        """IMedium::resize: a held disk is refused at once; a VDI that would shrink fails
+        in the background task, through the progress object."""
+
+        def resize(host: Host) -> _Progress:
+            try:
+                host.resize_disk(self.location, size // (1024 * 1024))
+            except VBoxFault as fault:
+                if fault.code != VBOX_E_NOT_SUPPORTED:
+                    raise
+                return _FailedProgress(fault.code, fault.text)
+            return _progress()
+
+        return self._svc.run("resize", (self.location, size), resize)
 
 
 class _Console:

@@ -13,6 +13,7 @@ PROGRAMS = {
     "VBoxManage": "vboxmanage.py",
     "prlctl": "parallels.py",
     "prlsrvctl": "parallels.py",
+    "prl_disk_tool": "parallels.py",
     "sysctl": "macos.py",
     "codesign": "macos.py",
     "sw_vers": "macos.py",

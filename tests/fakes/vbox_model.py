@@ -42,6 +42,7 @@ VBOX_E_OBJECT_NOT_FOUND = 0x80BB0001
 VBOX_E_INVALID_VM_STATE = 0x80BB0002
 VBOX_E_FILE_ERROR = 0x80BB0004
 VBOX_E_INVALID_OBJECT_STATE = 0x80BB0007
+VBOX_E_NOT_SUPPORTED = 0x80BB0009
 VBOX_E_OBJECT_IN_USE = 0x80BB000C
 VBOX_E_PLATFORM_ARCH_NOT_SUPPORTED = 0x80BB0012
 NS_ERROR_FAILURE = 0x80004005
@@ -54,6 +55,7 @@ CODE_NAMES = {
     VBOX_E_INVALID_VM_STATE: "VBOX_E_INVALID_VM_STATE",
     VBOX_E_FILE_ERROR: "VBOX_E_FILE_ERROR",
     VBOX_E_INVALID_OBJECT_STATE: "VBOX_E_INVALID_OBJECT_STATE",
+    VBOX_E_NOT_SUPPORTED: "VBOX_E_NOT_SUPPORTED",
     VBOX_E_OBJECT_IN_USE: "VBOX_E_OBJECT_IN_USE",
     VBOX_E_PLATFORM_ARCH_NOT_SUPPORTED: "VBOX_E_PLATFORM_ARCH_NOT_SUPPORTED",
     NS_ERROR_FAILURE: "NS_ERROR_FAILURE",
@@ -421,6 +423,30 @@ class Host:
         self.data["media"].pop(location, None)
         if delete:
             Path(location).unlink(missing_ok=True)
+
+    def hard_disk(self, path: str) -> dict[str, Any]:
+        """A known hard disk image (IVirtualBox::openMedium of a hard disk)."""
+        location = str(Path(path).absolute())
+        medium = self.data["media"].get(location)
+        if medium is None or medium.get("kind") != "hdd" or not Path(location).is_file():
+            raise VBoxFault(VBOX_E_FILE_ERROR, f"Could not find file for the medium '{location}' (VERR_FILE_NOT_FOUND)", "MediumWrap", "IMedium")
+        return medium
+
+    def users_of(self, path: str) -> list[dict[str, Any]]:
+        location = str(Path(path).absolute())
+        return [m for m in self.machines() for c in m["controllers"].values() for a in c["attachments"].values() if a["medium"] == location]
+
+    def resize_disk(self, path: str, size_mb: int) -> None:
+        """IMedium::resize. A disk a running VM holds is write-locked; VDI cannot shrink."""
+        location = str(Path(path).absolute())
+        medium = self.hard_disk(location)
+        if any(m["state"] in LIVE_STATES for m in self.users_of(location)):
+            raise VBoxFault(VBOX_E_INVALID_OBJECT_STATE, f"Medium '{location}' is locked for writing by another task", "MediumWrap", "IMedium")
+        if size_mb < medium.get("size_mb", 0):
+            # Reported through the progress object (Medium::i_taskResizeHandler). UNVERIFIED
+            # beyond the sentence itself, which users quote.
+            raise VBoxFault(VBOX_E_NOT_SUPPORTED, f"Shrinking is not yet supported for medium '{location}'", "MediumWrap", "IMedium")
+        medium["size_mb"] = size_mb
 
     # -- NAT rules (NATEngine::addRedirect / removeRedirect) ---------------------------------
 

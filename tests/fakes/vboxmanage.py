@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from vbox_model import (  # noqa: E402
     CODE_DESCRIPTIONS,
     CODE_NAMES,
+    VBOX_E_NOT_SUPPORTED,
     VBOX_E_PLATFORM_ARCH_NOT_SUPPORTED,
     FakeVirtualBox,
     Host,
@@ -150,6 +151,10 @@ def dispatch(host: Host, args: list[str], out: list[str], err: list[str]) -> int
         "createmedium": createmedium,
         "createhd": createmedium,
         "closemedium": closemedium,
+        "modifymedium": modifymedium,
+        "modifyhd": modifymedium,
+        "showmediuminfo": showmediuminfo,
+        "showhdinfo": showmediuminfo,
         "startvm": startvm,
         "controlvm": controlvm,
         "showvminfo": showvminfo,
@@ -529,6 +534,69 @@ def closemedium(host: Host, args: list[str], out: list[str], err: list[str]) -> 
     _call("Close()", "VBoxManageDisk.cpp", 1789, lambda: host.close_disk(positional[0], "--delete" in opts))
     if "--delete" in opts:
         err.append(PROGRESS)
+    return 0
+
+
+def modifymedium(host: Host, args: list[str], out: list[str], err: list[str]) -> int:
+    """`modifymedium [disk] FILE|UUID --resize MB` (VBoxManageDisk.cpp's handleModifyMedium);
+    only --resize and --resizebyte are modelled."""
+    positional, opts = _options(args, {"--resize", "--resizebyte", "--type", "--autoreset", "--property", "--move", "--setlocation", "--description"}, {"--compact"})
+    if positional and positional[0] in ("disk", "dvd", "floppy"):
+        positional = positional[1:]
+    if not positional:
+        raise Syntax("Medium name or UUID required")
+    if len(positional) > 1:
+        raise Syntax(f"Invalid parameter '{positional[1]}'")
+    if "--resize" not in opts and "--resizebyte" not in opts:
+        raise Syntax("No operation specified")
+    path = positional[0]
+    medium = _call("OpenMedium(Bstr(pszFilenameOrUuid).raw(), enmDevType, enmAccessMode, fForceNewUuidOnOpen, pMedium.asOutParam())", "VBoxManageDisk.cpp", 216, lambda: host.hard_disk(path))
+    if "--resize" in opts:
+        size_mb = _number(opts["--resize"][-1], "--resize")
+        current = medium.get("size_mb", 0)
+        if size_mb * 1024 * 1024 > current * 1024 * 1024 * 1000:
+            raise Plain(f"Error: Attempt to resize the medium from {current}.0 MB to {size_mb}.0 MB. Use --resizebyte if this is intended!")
+    else:
+        size_mb = _number(opts["--resizebyte"][-1], "--resizebyte") // (1024 * 1024)
+    err.append("0%...")
+    try:
+        host.resize_disk(path, size_mb)
+    except VBoxFault as fault:
+        if fault.code == VBOX_E_NOT_SUPPORTED:
+            # A failure of the resize task comes through the progress object.
+            err.append(f"Progress state: {CODE_NAMES[fault.code]}")
+            fault.text = f"Failed to resize medium\n{fault.text}"
+            raise Failed(fault, "RTEXITCODE handleModifyMedium(HandlerArg *)", "VBoxManageDisk.cpp", 806) from None
+        raise Failed(fault, "Resize(cbResize, pProgress.asOutParam())", "VBoxManageDisk.cpp", 797) from None
+    err[-1] = PROGRESS
+    return 0
+
+
+def showmediuminfo(host: Host, args: list[str], out: list[str], err: list[str]) -> int:
+    """`showmediuminfo [disk] FILE|UUID`: the lines of a hard disk image pymachine reads."""
+    positional, _ = _options(args, set(), set())
+    if positional and positional[0] in ("disk", "dvd", "floppy"):
+        positional = positional[1:]
+    if not positional:
+        raise Syntax("Medium name or UUID required")
+    location = str(Path(positional[0]).absolute())
+    medium = _call("OpenMedium(Bstr(pszFilenameOrUuid).raw(), enmDevType, enmAccessMode, fForceNewUuidOnOpen, pMedium.asOutParam())", "VBoxManageDisk.cpp", 216, lambda: host.hard_disk(location))
+    users = host.users_of(location)
+    out += [
+        f"UUID:           {medium['uuid']}",
+        "Parent UUID:    base",
+        "State:          created",
+        "Type:           normal (base)",
+        f"Location:       {location}",
+        f"Storage format: {medium.get('format', 'VDI')}",
+        "Format variant: dynamic default",
+        f"Capacity:       {medium.get('size_mb', 0)} MBytes",
+        f"Size on disk:   {max(1, Path(location).stat().st_size // (1024 * 1024))} MBytes",
+        "Encryption:     disabled",
+        "Property:       AllocationBlockSize=1048576",
+    ]
+    if users:
+        out.append("In use by VMs:  " + ", ".join(f"{m['name']} (UUID: {m['uuid']})" for m in users))
     return 0
 
 
