@@ -508,6 +508,8 @@ def doctor(ctx: typer.Context, fmt: str = typer.Option("text", "--format", "-f",
             print(f"{'':<11} {note}")
     vms = report["running_vms"]
     print("other VMs:  " + ("; ".join(vms) if vms else "none running"))
+    if report["own_vms"]:
+        print("machines:   " + "; ".join(report["own_vms"]) + " (pymachine's own, running)")
     blocked = report["blocked_ports"]
     print("ports:      " + ("; ".join(blocked) if blocked else "every forward has its host port"))
 
