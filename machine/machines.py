@@ -23,7 +23,7 @@ from pymachine.guard import check_before_start
 from pymachine.home import Home
 from pymachine.image import BootImage
 from pymachine.machine import Machine
-from pymachine.mounts import resolve_mounts
+from pymachine.mounts import resolve_mounts, sharing_summary
 from pymachine.store import STATUS_CREATING, MachineConfig, validate_name
 
 #: Where a bare `-p H:C` may be forwarded on the host.
@@ -130,6 +130,7 @@ class Machines:
         if image.arch != arch:
             raise ImageError(f"{image.iso} is an {image.arch} boot image, and this machine's guest is {arch}", f"Pass an {arch} image to --iso, or `--arch {image.arch}`")
 
+        self.progress.note(sharing_summary(mounts, options.mounts, cls.supports(Feature.SHARED_FOLDERS, arch), cls.name, arch))
         config = MachineConfig(
             name=name,
             driver=options.driver,

@@ -140,7 +140,8 @@ def create(
     """Create a machine: a VM with Docker installed, secured with TLS, ready to use.
 
     Host folders are shared so that `docker run -v HOST-PATH:...` finds them: your home
-    folder by default (qemu driver), or the folders given with --mount."""
+    folder by default (qemu and virtualbox drivers; Parallels and VirtualBox's arm64 guests share
+    none), or the folders given with --mount."""
     from pymachine.machines import CreateOptions
 
     if mount and no_mounts:
