@@ -193,6 +193,7 @@ def restart(ctx: typer.Context, names: list[str] = typer.Argument(...), force: b
     session = _session(ctx)
     for name in names:
         session.machine(name).restart(force=force)
+        print(f"Machine '{name}' is running.", file=sys.stderr)
 
 
 @app.command()
@@ -245,7 +246,9 @@ def regenerate_certs(
 @app.command()
 def upgrade(ctx: typer.Context, name: str) -> None:
     """Move a machine to the current boot image and Docker engine (restarts it)."""
-    _session(ctx).machine(name).upgrade()
+    machine = _session(ctx).machine(name)
+    machine.upgrade()
+    print(f"Machine '{name}' is running, with Docker {machine.config.engine_version}.", file=sys.stderr)
 
 
 # -- queries ---------------------------------------------------------------------------
