@@ -628,7 +628,12 @@ class QemuDriver(Driver):
                     f"macOS refused QEMU the hypervisor (HV_DENIED): {real} lacks the {HVF_ENTITLEMENT} entitlement",
                     f"Run `codesign --sign - --entitlements ENT.plist --force {real}` (ENT.plist: see docs/drivers.md), or use -o accel=tcg",
                 ) from None
-            raise DriverError(f"QEMU did not start: {exc.message.split(': ', 1)[-1]}", f"See {self.directory / 'qemu.log'}") from None
+            log = self.directory / "qemu.log"
+            if self.options.accel not in ("auto", "tcg"):
+                hint = f"QEMU's words are in {log}. Run `pymachine rm -f {self.spec.name}` and create it again with -o accel=auto"
+            else:
+                hint = f"Run `cat {log}` to read why, then `pymachine start {self.spec.name}`"
+            raise DriverError(f"QEMU did not start: {exc.message.split(': ', 1)[-1]}", hint) from None
 
     # -- the command line ---------------------------------------------------------------
 

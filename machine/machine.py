@@ -238,7 +238,9 @@ class Machine:
         for attempt in range(3):
             busy = [p for p in (config.ssh_port, config.docker_port) if not host_port_free("tcp", "127.0.0.1", p)]
             if busy:
-                self.home.progress.note(f"Port {busy[0]} is taken now; moving machine '{self.name}' to new ports")
+                self.home.progress.note(
+                    f"Port {busy[0]} is taken now; moving machine '{self.name}' to new ports. Shells set up before must run `eval $(pymachine env {self.name})` again"
+                )
                 driver = self._move_ports()
             try:
                 with self.home.progress.step("Starting the VM"):

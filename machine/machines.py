@@ -25,7 +25,7 @@ from pymachine.home import Home
 from pymachine.hostlimits import check_machine_size
 from pymachine.image import BootImage
 from pymachine.machine import Machine
-from pymachine.mounts import resolve_mounts
+from pymachine.mounts import resolve_mounts, sharing_summary
 from pymachine.store import STATUS_CREATING, MachineConfig, validate_name
 
 #: Where a bare `-p H:C` may be forwarded on the host.
@@ -135,6 +135,7 @@ class Machines:
             raise ImageError(f"{image.iso} is an {image.arch} boot image, and this machine's guest is {arch}", f"Pass an {arch} image to --iso, or `--arch {image.arch}`")
         check_engine_flags(options.engine_options, image.dockerd_flags)
 
+        self.progress.note(sharing_summary(mounts, options.mounts, cls.supports(Feature.SHARED_FOLDERS, arch), cls.name, arch))
         config = MachineConfig(
             name=name,
             driver=options.driver,

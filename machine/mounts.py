@@ -62,6 +62,30 @@ def default_mounts(home: str | None = None) -> list[Mount]:
     return [Mount(resolved, resolved)] if Path(resolved).is_dir() else []
 
 
+def sharing_summary(mounts: list[Mount], requested: list[str] | None, supported: bool, driver: str, arch: str = "amd64") -> str:
+    """One line for `create`: what the guest sees of this host's folders, and what not."""
+    if mounts:
+        shown = ", ".join(str(m) for m in mounts)
+        return f"Shared with the guest: {shown}. Other host paths given to `docker run -v` are empty folders in the guest"
+    if requested is not None:
+        return "No host folder is shared (--no-mounts)"
+    if not supported:
+        why = f"the {driver} driver shares no folders with {arch} guests"
+    else:
+        home = os.path.expanduser("~")
+        why = f"your home folder {home} cannot appear at the same path in the guest"
+        try:
+            check_guest_path(str(Path(home).resolve()), home)
+        except MachineError:
+            pass
+        except OSError:
+            why = f"your home folder {home} cannot be read"
+        else:
+            if not Path(home).is_dir():
+                why = f"your home folder {home} does not exist"
+    return f"No host folder is shared: {why}. `docker run -v HOST-PATH:...` will see an empty folder; share one with --mount HOST:/srv/NAME"
+
+
 def resolve_mounts(requested: list[str] | None, supported: bool, driver: str, arch: str = "amd64") -> list[Mount]:
     """What `create` shares: the home folder when nothing was asked, none for `[]`."""
     if requested is None:

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -458,3 +459,30 @@ def test_an_interrupted_command_says_so(storage: Path, sig: str) -> None:
         proc.kill()
     assert proc.returncode == 130
     assert err == "Error: Interrupted.\n"
+
+
+def test_doctor_tells_this_stores_machines_from_other_vms(storage: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A running VM of one of our machines is not "another VM"; a pymachine-named VM
+    that is not in this store (another store's) still is."""
+    import sys
+
+    add_machine(storage, "dev", status=STATUS_READY)
+    sleeper = 'import time; time.sleep(60)'
+    procs = [
+        subprocess.Popen(["bash", "-c", f'exec -a qemu-system-x86_64 {sys.executable} -c "{sleeper}" -name pymachine-{vm},debug-threads=on'])
+        for vm in ("dev", "elsewhere")
+    ]
+    try:
+        time.sleep(0.5)
+        code, out, err = cli(capsys, "doctor", "--format", "json")
+        assert code == 0, err
+        report = json.loads(out)
+        assert f"dev (QEMU, pid {procs[0].pid})" in report["own_vms"]
+        assert not any("pymachine-dev'" in vm for vm in report["running_vms"])
+        assert any(f"'pymachine-elsewhere' (pid {procs[1].pid};" in vm for vm in report["running_vms"])
+        code, out, err = cli(capsys, "doctor")
+        assert f"machines:   dev (QEMU, pid {procs[0].pid})" in out
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()

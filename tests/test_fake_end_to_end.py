@@ -222,3 +222,4 @@ def test_create_on_apple_silicon_refuses_an_amd64_guest(apple_silicon_world: tup
         "Run `pymachine create --arch arm64`, or use -d qemu, which emulates amd64"
     )
     assert not any(call[1] == "createvm" for call in fake.calls())
+

@@ -146,6 +146,9 @@ def test_ssh_scp_and_exit_codes(cli: CLI, tmp_path: Path) -> None:
     back = tmp_path / "back.bin"
     cli.pm("scp", f"{NAME}:/tmp/payload.bin", str(back))
     assert back.read_bytes() == source.read_bytes()
+    missing = cli.pm("scp", f"{NAME}:/nonexistent/file", str(tmp_path / "x"), check=False)
+    assert missing.returncode == 1
+    assert missing.stderr == f"Error: No such file or folder: {NAME}:/nonexistent/file. Check the path with `pymachine ssh {NAME} ls -la /nonexistent`\n"
 
 
 def test_start_of_a_running_machine_is_refused(cli: CLI) -> None:

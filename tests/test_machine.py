@@ -143,3 +143,28 @@ def test_optional_int_options_are_converted_to_numbers() -> None:
     assert parsed == CountingOptions(workers=5, legacy=7, verbose=True)
     with pytest.raises(MachineError, match="takes a number"):
         CountingOptions.parse({"workers": "five"})
+
+
+def test_a_vm_that_stops_while_booting_fails_at_once_not_after_the_ssh_timeout(tmp_path: Path) -> None:
+    """QEMU under -o accel=kvm on a host whose KVM cannot run the guest dies after it
+    daemonized: waiting for SSH ends within about a second, naming `logs`."""
+    import time
+
+    from pymachine.driver import State
+    from pymachine.errors import MachineStateError
+    from pymachine.guest.provision import Provisioner
+
+    class StoppedVM:
+        def state(self) -> State:
+            return State.STOPPED
+
+    provisioner = Provisioner(MachineConfig(name="dev", driver="qemu"), tmp_path, StoppedVM(), None, None, RecordingProgress())
+    booted = provisioner._still_running(lambda: False)
+    assert booted() is False  # checked at most once a second
+    started = time.monotonic()
+    with pytest.raises(MachineStateError) as caught:
+        while time.monotonic() - started < 5:
+            booted()
+            time.sleep(0.05)
+    assert str(caught.value) == "The VM of machine 'dev' stopped while it was booting. Run `pymachine logs dev` to see how far it got"
+    assert time.monotonic() - started < 1.5

@@ -13,7 +13,7 @@ from pymachine.errors import MachineError
 from pymachine.guest.certs import SSHKeyPair
 from pymachine.guest.configmedium import config_medium, mount_lines
 from pymachine.guest.iso9660 import read_files
-from pymachine.mounts import default_mounts, parse_mount, resolve_mounts
+from pymachine.mounts import default_mounts, parse_mount, resolve_mounts, sharing_summary
 
 from .test_qemu_unit import make_driver, value_after
 
@@ -127,3 +127,23 @@ def test_qemu_without_mounts_has_no_9p_device(tmp_path: Path) -> None:
     argv = make_driver(tmp_path, accel="tcg").command_line()
     assert "-fsdev" not in argv
     assert not any("9p" in a for a in argv)
+
+
+def test_create_says_what_is_shared_and_what_is_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One line at create: a home folder that cannot be shared (root's /root is the
+    guest's own) is not skipped in silence."""
+    home = tmp_path / "user"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    shared = resolve_mounts(None, True, "qemu")
+    assert sharing_summary(shared, None, True, "qemu") == (
+        f"Shared with the guest: {home}. Other host paths given to `docker run -v` are empty folders in the guest"
+    )
+    monkeypatch.setenv("HOME", "/root")
+    assert resolve_mounts(None, True, "qemu") == []
+    assert sharing_summary([], None, True, "qemu") == (
+        "No host folder is shared: your home folder /root cannot appear at the same path in the guest. "
+        "`docker run -v HOST-PATH:...` will see an empty folder; share one with --mount HOST:/srv/NAME"
+    )
+    assert sharing_summary([], None, False, "parallels", "arm64").startswith("No host folder is shared: the parallels driver shares no folders with arm64 guests.")
+    assert sharing_summary([], [], True, "qemu") == "No host folder is shared (--no-mounts)"

@@ -5,6 +5,7 @@ strings QEMU 7.2 prints)."""
 from __future__ import annotations
 
 import json
+import dataclasses
 import os
 import platform
 import plistlib
@@ -522,8 +523,19 @@ def test_start_failure_names_qemus_reason_and_its_log(tmp_path: Path) -> None:
     message = str(caught.value)
     assert message.startswith("QEMU did not start: ")
     assert "Could not open '/nonexistent.qcow2'" in message
-    assert message.endswith(f"See {driver.directory / 'qemu.log'}")
+    assert message.endswith(f"Run `cat {driver.directory / 'qemu.log'}` to read why, then `pymachine start dev`")
     assert (driver.directory / "qemu.log").read_text().strip() == failure
+
+
+def test_start_failure_under_an_accelerator_asked_for_names_accel_auto(tmp_path: Path) -> None:
+    """-o accel=kvm where KVM cannot run the guest: the way back is a machine on auto."""
+    failure = "qemu-system-x86_64: error: failed to set MSR 0x10a to 0xc000069"
+    stand_in_qemu(tmp_path / "bin", failure, 1)
+    driver = driver_with_runner(tmp_path, Runner(path=str(tmp_path / "bin")))
+    driver.options = dataclasses.replace(driver.options, accel="kvm")
+    with pytest.raises(DriverError) as caught:
+        driver.start()
+    assert str(caught.value).endswith("Run `pymachine rm -f dev` and create it again with -o accel=auto")
 
 
 def test_start_without_a_data_disk(tmp_path: Path) -> None:

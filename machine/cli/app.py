@@ -155,7 +155,8 @@ def create(
     """Create a machine: a VM with Docker installed, secured with TLS, ready to use.
 
     Host folders are shared so that `docker run -v HOST-PATH:...` finds them: your home
-    folder by default (qemu driver), or the folders given with --mount."""
+    folder by default (qemu and virtualbox drivers; Parallels and VirtualBox's arm64 guests share
+    none), or the folders given with --mount."""
     from pymachine.machines import CreateOptions
 
     if mount and no_mounts:
@@ -208,6 +209,7 @@ def restart(ctx: typer.Context, names: list[str] = typer.Argument(...), force: b
     session = _session(ctx)
     for name in names:
         session.machine(name).restart(force=force)
+        print(f"Machine '{name}' is running.", file=sys.stderr)
 
 
 @app.command()
@@ -278,7 +280,9 @@ def regenerate_certs(
 @app.command()
 def upgrade(ctx: typer.Context, name: str) -> None:
     """Move a machine to the current boot image and Docker engine (restarts it)."""
-    _session(ctx).machine(name).upgrade()
+    machine = _session(ctx).machine(name)
+    machine.upgrade()
+    print(f"Machine '{name}' is running, with Docker {machine.config.engine_version}.", file=sys.stderr)
 
 
 # -- queries ---------------------------------------------------------------------------
@@ -554,6 +558,8 @@ def doctor(ctx: typer.Context, fmt: str = typer.Option("text", "--format", "-f",
             print(f"{'':<11} {note}")
     vms = report["running_vms"]
     print("other VMs:  " + ("; ".join(vms) if vms else "none running"))
+    if report["own_vms"]:
+        print("machines:   " + "; ".join(report["own_vms"]) + " (pymachine's own, running)")
     blocked = report["blocked_ports"]
     print("ports:      " + ("; ".join(blocked) if blocked else "every forward has its host port"))
 

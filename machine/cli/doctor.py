@@ -8,7 +8,7 @@ from typing import Any
 from pymachine.driver import driver_names, load_driver
 from pymachine.errors import MachineError
 from pymachine.forwarding.process import STATE_FILE
-from pymachine.guard import HypervisorGuard
+from pymachine.guard import PARALLELS, QEMU, VIRTUALBOX, HypervisorGuard, VMProcess
 from pymachine.machines import Machines
 
 
@@ -24,7 +24,13 @@ def run_doctor(machines: Machines) -> dict[str, Any]:
         drivers.append(
             {"name": name, "installed": report.installed, "version": report.version, "accelerator": report.accelerator or "n/a", "detail": report.detail, "notes": list(report.notes)}
         )
-    running = [vm.describe() for vm in HypervisorGuard(runner).running_vms()]
+    own, others = [], []
+    for vm in HypervisorGuard(runner).running_vms():
+        machine = _own_machine(machines, vm)
+        if machine:
+            own.append(f"{machine} ({vm.family}, pid {vm.pid})")
+        else:
+            others.append(vm.describe())
     blocked = []
     for name in machines.store.names():
         try:
@@ -34,4 +40,21 @@ def run_doctor(machines: Machines) -> dict[str, Any]:
         for item in data.get("forwards", []):
             if item.get("state") == "failed":
                 blocked.append(f"{name}: {item.get('host_ip')}:{item.get('host_port')}/{item.get('protocol')} for {item.get('container')}: {item.get('reason')}")
-    return {"drivers": drivers, "running_vms": running, "blocked_ports": blocked}
+    return {"drivers": drivers, "running_vms": others, "own_vms": own, "blocked_ports": blocked}
+
+
+#: The hypervisor family (guard.py's words) each driver's VMs run under.
+_FAMILY_OF_DRIVER = {"qemu": QEMU, "virtualbox": VIRTUALBOX, "parallels": PARALLELS}
+
+
+def _own_machine(machines: Machines, vm: VMProcess) -> str | None:
+    """The name of the machine in this store that `vm` is, if it is one of ours: QEMU runs
+    ours as `-name pymachine-NAME`; VirtualBox and Parallels VMs carry the machine's name."""
+    name = vm.vm[len("pymachine-") :] if vm.family == QEMU and vm.vm.startswith("pymachine-") else vm.vm
+    if not name or name not in machines.store.names():
+        return None
+    try:
+        driver = machines.store.load(name).driver
+    except MachineError:
+        return None
+    return name if _FAMILY_OF_DRIVER.get(driver) == vm.family else None

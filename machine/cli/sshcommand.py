@@ -116,7 +116,9 @@ def copy(session: Session, source: str, destination: str, recursive: bool) -> No
             else:
                 _download(sftp, src_path, Path(dst_path), recursive)
         except FileNotFoundError as exc:
-            raise MachineError(f"No such file: {exc.filename or exc}", "Check the path") from None
+            # paramiko's FileNotFoundError carries no file name: name the path asked for.
+            missing = exc.filename or (f"{name}:{dst_path}" if dst_machine else f"{name}:{src_path}")
+            raise MachineError(f"No such file or folder: {missing}", f"Check the path with `pymachine ssh {name} ls -la {posixpath.dirname(dst_path if dst_machine else src_path) or '.'}`") from None
         finally:
             close_sftp(sftp)
 

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pymachine.driver import Driver
-from pymachine.errors import DataDiskFull, EngineFailed, MachineError, ProvisionError, SSHError
+from pymachine.driver import Driver, State
+from pymachine.errors import DataDiskFull, EngineFailed, MachineError, MachineStateError, ProvisionError, SSHError
 from pymachine.guest.certs import CertificateAuthority, CertPaths, server_needs_renewal
 from pymachine.guest.dockerapi import DockerAPI
 from pymachine.guest.ssh import GuestSSH
@@ -237,7 +237,22 @@ class Provisioner:
     def wait_for_ssh(self, timeout: float = SSH_TIMEOUT) -> None:
         with self.progress.step("Waiting for SSH"):
             log = self.driver.serial_log()
-            self.ssh.wait(timeout, on_failure=lambda: tail(log), booted=console_ready(log) if log else None)
+            self.ssh.wait(timeout, on_failure=lambda: tail(log), booted=self._still_running(console_ready(log) if log else lambda: True))
+
+    def _still_running(self, booted: Callable[[], bool]) -> Callable[[], bool]:
+        """`booted`, failing at once (not after the SSH timeout) if the VM stops meanwhile,
+        as a guest that cannot run under the chosen accelerator does."""
+        name = self.config.name
+        checked = [time.monotonic()]
+
+        def check() -> bool:
+            if time.monotonic() - checked[0] >= 1.0:
+                checked[0] = time.monotonic()
+                if self.driver.state() in (State.STOPPED, State.NOT_FOUND):
+                    raise MachineStateError(f"The VM of machine '{name}' stopped while it was booting", f"Run `pymachine logs {name}` to see how far it got")
+            return booted()
+
+        return check
 
     def facts(self) -> GuestFacts:
         out = self.ssh.run(FACTS_SCRIPT, timeout=30).stdout
