@@ -4,8 +4,8 @@ strings QEMU 7.2 prints)."""
 
 from __future__ import annotations
 
-import json
 import dataclasses
+import json
 import os
 import platform
 import plistlib
