@@ -234,8 +234,13 @@ class DriverOptions:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DriverOptions:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        """Options as saved in a config; MachineError when one has the wrong type (a damaged file)."""
+        hints = typing.get_type_hints(cls)
+        values = {k: v for k, v in data.items() if k in hints}
+        for key, value in values.items():
+            if not _of_type(value, hints[key]):
+                raise MachineError(f"driver option '{key}' is {type(value).__name__} {value!r:.40}, not {hints[key]}")
+        return cls(**values)
 
 
 def option(default: Any, help: str) -> Any:
@@ -311,6 +316,13 @@ class Driver(abc.ABC):
         """The forwards made through add_forward (not the machine's own SSH and Docker ports)."""
 
     @classmethod
+    def reap(cls, folder: Path, name: str, runner: Runner) -> list[str]:
+        """Stop and delete the VM this driver made for the machine in `folder`, found from
+        the folder and the hypervisor's registry alone (for `rm -f` when the config is
+        damaged); never a VM whose files lie outside `folder`. Returns what it did."""
+        return []
+
+    @classmethod
     @abc.abstractmethod
     def host_report(cls, runner: Runner) -> HostReport:
         """Installed or not, its version, and whether hardware acceleration is usable."""
@@ -352,6 +364,24 @@ class Driver(abc.ABC):
         log = self.serial_log()
         if log is not None and log.exists() and log.stat().st_size:
             os.replace(log, log.with_name(log.name + ".1"))
+
+
+def inside(path: str | Path, folder: Path) -> bool:
+    """True if `path` lies in `folder` (symlinks resolved): the test of a VM's ownership."""
+    real, base = os.path.realpath(path), os.path.realpath(folder)
+    return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
+
+
+def _of_type(value: Any, hint: Any) -> bool:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_of_type(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
 
 
 def _format_default(value: Any) -> str:

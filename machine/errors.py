@@ -47,6 +47,10 @@ class MachineStateError(MachineError):
     """The machine is not in a state the command can work from."""
 
 
+class MachineRemoved(MachineStateError):
+    """The machine's folder was removed while a command worked on it."""
+
+
 class StoreError(MachineError):
     """The store on disk is unreadable, locked, or from another version."""
 
