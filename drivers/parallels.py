@@ -325,7 +325,8 @@ class ParallelsDriver(Driver):
         validate_options(self.options)
         if self._status() is not None:
             raise MachineStateError(f"A Parallels VM named '{self.vm}' already exists", f"Run `prlctl delete {self.vm}` if it is a leftover, then create the machine again")
-        self.destination.mkdir(parents=True, exist_ok=True)
+        self.require_folder()
+        self.destination.mkdir(exist_ok=True)
         vm, spec = self.vm, self.spec
         try:
             self._prlctl("create", vm, "--distribution", DISTRIBUTIONS.get(spec.arch, "linux"), "--dst", str(self.destination), "--no-hdd")

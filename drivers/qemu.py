@@ -532,7 +532,7 @@ class QemuDriver(Driver):
         return detect_accelerator(runner, options.accel, arch).name != "tcg"
 
     def create(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.require_folder()
         if not self.disk.exists():
             qemu_img = find_program(self.runner, "qemu-img") or "qemu-img"
             self.runner.run([qemu_img, "create", "-q", "-f", "qcow2", str(self.disk), f"{self.spec.disk_mb}M"])

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pymachine.errors import DriverError, MachineError
+from pymachine.errors import DriverError, MachineError, MachineRemoved
 from pymachine.runner import Runner
 
 ENTRY_POINT_GROUP = "pymachine.drivers"
@@ -294,6 +294,12 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def state(self) -> State:
         """The VM's state, asked of the hypervisor, quickly and without SSH."""
+
+    def require_folder(self) -> None:
+        """Refuse to make a VM for a machine whose folder is gone (removed while it was
+        being created): the core makes the folder, a driver never makes it anew."""
+        if not self.spec.directory.is_dir():
+            raise MachineRemoved(f"The folder of machine '{self.spec.name}' is gone", f"Run `pymachine create {self.spec.name}` to make it again")
 
     def ssh_endpoint(self) -> Endpoint:
         """Where on the host the guest's SSH server answers (a forward on loopback)."""

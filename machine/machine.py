@@ -192,10 +192,16 @@ class Machine:
             with progress.step("Preparing keys, certificates and the config medium"):
                 self._prepare(image)
             driver = self.driver()
+            # Before each step that makes something: after an `rm -f`, a driver would make
+            # the folder anew (mkdir -p) and a VM in it that no config knows.
+            self._still_here()
             with progress.step(f"Creating the {self.config.driver} VM"):
                 driver.create()
+            self._still_here()
             driver = self._boot(driver)
+            self._still_here()
             self._provision(driver, image.engine)
+            self._still_here()
             self._mark_ready()
         except BaseException as exc:
             if self.removed_meanwhile():
@@ -208,6 +214,10 @@ class Machine:
                 raise Interrupted(f"Creating machine '{self.name}' was interrupted; it is left in state Error", f"Run `pymachine rm -f {self.name}` to clean it up") from None
             self._fail(str(exc) or type(exc).__name__)
             raise
+
+    def _still_here(self) -> None:
+        if self.removed_meanwhile():
+            raise MachineRemoved(f"Machine '{self.name}' was removed while it was being created", f"Run `pymachine create {self.name}` to make it again")
 
     def _prepare(self, image: BootImage) -> None:
         config = self.config

@@ -326,7 +326,8 @@ class VirtualBoxDriver(Driver):
     def create(self) -> None:
         validate_options(self.options)
         nic_type = nic_type_for(self.options, self.spec.arch)
-        self.spec.directory.mkdir(parents=True, exist_ok=True)
+        # VirtualBox makes --basefolder and its parents: not in a folder `rm -f` took.
+        self.require_folder()
         if self._info() is not None:
             raise MachineStateError(
                 f"A VirtualBox VM named '{self.vm}' already exists",
