@@ -201,7 +201,8 @@ class Machines:
             state = machine.status()
         except MachineError as exc:
             return MachineInfo(name, name == active, config.driver, config.arch, State.ERROR.value, "", "", str(exc))
-        except Exception as exc:  # noqa: BLE001 - one machine's surprise stays in its own row
+        # One machine's surprise stays in its own row (and in the debug log).
+        except Exception as exc:
             logging.getLogger("pymachine").exception("state of machine %s", name)
             return MachineInfo(name, name == active, config.driver, config.arch, State.ERROR.value, "", "", f"{type(exc).__name__}: {exc}")
         url = config.docker_url if state == State.RUNNING.value else ""

@@ -68,7 +68,7 @@ def start_time(pid: int) -> str | None:
         pass
     if sys.platform == "darwin":
         try:
-            out = subprocess.run(["ps", "-o", "lstart=", "-p", str(pid)], capture_output=True, text=True, timeout=2)
+            out = subprocess.run(["ps", "-o", "lstart=", "-p", str(pid)], capture_output=True, text=True, timeout=2, check=False)
         except (OSError, subprocess.TimeoutExpired):
             return None
         return "-".join(out.stdout.split()) or None

@@ -6,6 +6,12 @@ Layout (under the home folder, see pymachine.home):
     machines/NAME/          one folder per machine
         config.json         MachineConfig, 0600, versioned, written atomically
         .lock               held by commands that change the machine
+        creating.pid        while `create` runs: its PID and start time
+
+The folder is the machine's identity: a config.json whose name is not its folder's (a
+folder copied or renamed by hand) is damaged, and never leads a command to another
+machine. So is one with a value of the wrong type, bytes that are not UTF-8, or a
+folder, FIFO or symlink in its place: each is one machine's Error, never `ls`'s.
 
 config.json is replaced through a temporary file and os.replace, never removed and
 rewritten, so a crash leaves either the old or the new file. Files from an older
