@@ -105,6 +105,9 @@ def spawn(root: Path, directory: Path) -> int | None:
         return None
     import subprocess
 
+    # Absolute: watcher_of knows the watcher by this path, from whatever folder it runs in.
+    root = Path(root).absolute()
+
     with open(directory / LOGFILE, "ab") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", MARKER, "--storage-path", str(root), directory.name],

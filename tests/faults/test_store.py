@@ -614,3 +614,41 @@ def test_a_socket_in_the_folder_answered_by_another_program_is_not_reaped(tmp_pa
         assert QemuDriver.reap(folder, "dev", None) == []  # type: ignore[arg-type]
     finally:
         listener.close()
+
+
+def test_a_virtualbox_vm_of_the_same_name_made_from_another_folder_is_left_alone(tmp_path: Path) -> None:
+    """VirtualBox VM 'dev' was made from store A; a machine folder 'dev' in store B never acts on it."""
+    from pymachine.drivers.virtualbox import VirtualBoxDriver, VirtualBoxOptions
+    from pymachine.errors import MachineStateError
+
+    from ..fake_harnesses import virtualbox_driver
+
+    owner, fake = virtualbox_driver(tmp_path / "a", "vboxmanage", name="dev")
+    owner.create()
+    owner.start()
+    spec = make_spec(tmp_path / "b" / "machines" / "dev", "dev", owner.spec.boot)
+    stranger = VirtualBoxDriver(spec, VirtualBoxOptions(backend="vboxmanage"), owner.runner)
+    stranger.retry_pause = 0.0
+    with pytest.raises(MachineStateError, match=r"is not machine 'dev''s: its settings are in .*Run `pymachine rm -f dev`"):
+        stranger.state()
+    with pytest.raises(MachineStateError):
+        stranger.remove()
+    assert VirtualBoxDriver.reap(spec.directory, "dev", owner.runner) == []
+    vm = fake.machine("dev")
+    assert vm is not None and vm["state"] == "running"
+    assert not any(call[1] in ("controlvm", "unregistervm") for call in fake.calls())
+    owner.remove()
+
+
+def test_a_parallels_vm_of_the_same_name_made_from_another_folder_is_not_deleted(tmp_path: Path) -> None:
+    owner, fake = parallels_driver(tmp_path / "a", name="dev")
+    owner.create()
+    spec = make_spec(tmp_path / "b" / "machines" / "dev", "dev", owner.spec.boot)
+    stranger = ParallelsDriver(spec, ParallelsOptions(), owner.runner)
+    stranger.retry_pause = 0.0
+    from pymachine.errors import MachineStateError
+
+    with pytest.raises(MachineStateError, match=r"is not machine 'dev''s: its bundle is"):
+        stranger.remove()
+    assert any(vm["name"] == "dev" for vm in json.loads(fake.path.read_text())["vms"])
+    owner.remove()
