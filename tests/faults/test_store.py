@@ -135,9 +135,26 @@ def storage(tmp_path: Path) -> Path:
     return tmp_path / "store"
 
 
-def machine_digest(folder: Path) -> str:
-    # The watcher rewrites its own files while it runs; the VM's console may grow.
-    return store_digest(folder, skip=(*VOLATILE, "watcher.log", "watcher.json", "watcher.pid", "forwards.json", "serial.log", "Logs"))
+#: What a running machine changes by itself: the watcher's files, the VM's console and logs.
+RUNNING_FILES = (*VOLATILE, "watcher.log", "watcher.lock", "watcher.pid", "forwards.json", "serial.log", "Logs")
+
+
+def machine_digest(folder: Path) -> dict[str, str]:
+    """Each file's digest (so that a failure names what changed), minus RUNNING_FILES."""
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        if any(part in RUNNING_FILES for part in path.relative_to(folder).parts):
+            continue
+        found[str(path.relative_to(folder))] = _file_digest(path)
+    return found
+
+
+def _file_digest(path: Path) -> str:
+    import hashlib
+
+    info = path.lstat()
+    data = path.read_bytes() if stat.S_ISREG(info.st_mode) else b""
+    return f"{stat.filemode(info.st_mode)} {hashlib.sha256(data).hexdigest()}"
 
 
 # -- defect 1: the folder is the machine's identity -------------------------------------
