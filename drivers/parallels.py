@@ -53,6 +53,7 @@ from pymachine.driver import (
     PortForward,
     State,
     host_port_free,
+    inside,
     option,
 )
 from pymachine.errors import (
@@ -335,7 +336,8 @@ class ParallelsDriver(Driver):
         validate_options(self.options)
         if self._status() is not None:
             raise MachineStateError(f"A Parallels VM named '{self.vm}' already exists", f"Run `prlctl delete {self.vm}` if it is a leftover, then create the machine again")
-        self.destination.mkdir(parents=True, exist_ok=True)
+        self.require_folder()
+        self.destination.mkdir(exist_ok=True)
         vm, spec = self.vm, self.spec
         try:
             self._prlctl("create", vm, "--distribution", DISTRIBUTIONS.get(spec.arch, "linux"), "--dst", str(self.destination), "--no-hdd")
@@ -455,6 +457,7 @@ class ParallelsDriver(Driver):
     def remove(self) -> None:
         status = self._status()
         if status is not None:
+            self._check_owned()
             if status in LIVE_STATUSES:
                 self._kill_now()
             try:
@@ -470,6 +473,61 @@ class ParallelsDriver(Driver):
         for path in (self.identity_file, self.console, self.console.with_name("serial.log.1")):
             path.unlink(missing_ok=True)
         shutil.rmtree(self.destination, ignore_errors=True)
+
+    def _check_owned(self) -> None:
+        """Refuse to act on a VM of this name that another folder made (a machine folder
+        copied or renamed by hand, or the user's own VM): its bundle must be ours."""
+        try:
+            listing = json.loads(_json_part(self._prlctl("list", "-i", "-j", self.vm, timeout=30).stdout) or "[]")
+        except (CommandFailed, ValueError):
+            return  # gone meanwhile, or no answer: delete will say
+        home = str(listing[0].get("Home") or "") if listing and isinstance(listing[0], dict) else ""
+        if home and not inside(home, self.destination):
+            raise MachineStateError(
+                f"The Parallels VM '{self.vm}' is not machine '{self.vm}''s: its bundle is {home}, outside {self.destination}",
+                f"Run `pymachine rm -f {self.vm}` to remove this machine's folder; that VM is left alone",
+            )
+
+    @classmethod
+    def reap(cls, folder: Path, name: str, runner: Runner) -> list[str]:
+        """Kill and delete the VMs whose bundles lie in this folder's parallels/ subfolder,
+        and the Shared network's NAT rules named for them.
+
+        Candidates are the VMs of `prlctl list -a -j` named like a bundle in the folder or
+        like the machine, or with the uuid parallels.json kept; each is acted on by uuid,
+        and only when `prlctl list -i -j` puts its Home inside the folder.
+        """
+        bundles = folder / "parallels"
+        if not (bundles.is_dir() or (folder / "parallels.json").exists()) or runner.which("prlctl") is None:
+            return []
+        try:
+            saved = _bare(str(json.loads((folder / "parallels.json").read_text()).get("uuid") or ""))
+        except (OSError, ValueError, AttributeError):
+            saved = ""
+        names = {name} | {p.stem for p in bundles.glob("*.pvm")}
+        listing = json.loads(_json_part(runner.run(["prlctl", "list", "-a", "-j"], timeout=30).stdout) or "[]")
+        network = ParallelsOptions().network
+        done = []
+        for vm in listing:
+            uuid, vm_name = str(vm.get("uuid") or ""), str(vm.get("name") or "")
+            if not uuid or (vm_name not in names and _bare(uuid) != saved):
+                continue
+            info = json.loads(_json_part(runner.run(["prlctl", "list", "-i", "-j", uuid], timeout=30).stdout) or "[]")
+            home = str(info[0].get("Home") or "") if info and isinstance(info[0], dict) else ""
+            if not home or not inside(home, bundles):
+                continue
+            if vm.get("status") in LIVE_STATUSES:
+                runner.run(["prlctl", "stop", uuid, "--kill"], timeout=60)
+            runner.run(["prlctl", "delete", uuid], timeout=120)
+            prefix = f"pm-{vm_name}-{_bare(uuid)[:8]}-"
+            nat = (json.loads(_json_part(runner.run(["prlsrvctl", "net", "info", network, "--json"], timeout=30).stdout) or "{}").get("NAT server")) or {}
+            args: list[str] = []
+            for group, protocol in (("TCP rules", "tcp"), ("UDP rules", "udp")):
+                args += [a for rule in (nat.get(group) or {}) if rule.startswith(prefix) for a in (f"--nat-{protocol}-del", rule)]
+            if args:
+                runner.run(["prlsrvctl", "net", "set", network, *args], timeout=60)
+            done.append(f"Removed the Parallels VM '{vm_name}' ({uuid}) of machine '{name}'")
+        return done
 
     def state(self) -> State:
         status = self._status()

@@ -55,7 +55,7 @@ from pymachine.errors import (
     MachineStateError,
     PortUnavailable,
 )
-from pymachine.procs import resident_mb, running_from, terminate, wait_gone
+from pymachine.procs import alive, cmdline, read_pidfile, resident_mb, started_with, terminate, wait_gone
 from pymachine.runner import Runner
 
 from .qemu_firmware import FirmwareChoice, choose_uefi, descriptor_files, read_descriptors, search_folders
@@ -599,7 +599,7 @@ class QemuDriver(Driver):
         return detect_accelerator(runner, options.accel, arch).name != "tcg"
 
     def create(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.require_folder()
         if not self.disk.exists():
             qemu_img = find_program(self.runner, "qemu-img") or "qemu-img"
             self.runner.run([qemu_img, "create", "-q", "-f", "qcow2", str(self.disk), f"{self.spec.disk_mb}M"])
@@ -774,6 +774,21 @@ class QemuDriver(Driver):
             except DriverError:
                 pass  # an unsafe socket folder: nothing of ours to delete in it
 
+    @classmethod
+    def reap(cls, folder: Path, name: str, runner: Runner) -> list[str]:
+        """Stop the QEMU whose command line names this folder's pidfile, found through the
+        pidfile or, failing that, through whoever answers on the folder's QMP sockets."""
+        pid = qemu_of(folder)
+        if pid is None:
+            for role in ("control", "watcher"):
+                pid = _qemu_on_socket(folder, socket_path(folder, role))
+                if pid is not None:
+                    break
+        if pid is None:
+            return []
+        terminate(pid, timeout=5.0)
+        return [f"Stopped the QEMU process {pid} of machine '{name}'"]
+
     def state(self) -> State:
         pid = self._pid()
         if pid is None:
@@ -885,9 +900,7 @@ class QemuDriver(Driver):
     # -- helpers ----------------------------------------------------------------------
 
     def _pid(self) -> int | None:
-        # QEMU runs with -name pymachine-NAME: a PID reused by another program, even one
-        # whose path merely contains "qemu" (a checkout named wt-qemu-arm), is not ours.
-        return running_from(self.pidfile, f"pymachine-{self.spec.name}")
+        return qemu_of(self.directory)
 
     def _qmp(self, timeout: float = 2.0) -> QMPClient:
         return QMPClient(self.control_socket, timeout=timeout)
@@ -912,6 +925,54 @@ def parse_usernet(text: str) -> list[PortForward]:
         host_ip = "0.0.0.0" if src in ("*", "0.0.0.0") else src
         forwards.append(PortForward(proto.lower(), host_ip, int(sport), int(dport)))
     return sorted(set(forwards))
+
+
+def qemu_of(folder: Path) -> int | None:
+    """The PID of the QEMU running the machine in `folder`, from its pidfile.
+
+    The process must be alive and started with `-pidfile FOLDER/qemu.pid`: a PID reused
+    by another program is not ours, and neither is the QEMU of another folder, such as
+    the one a copied folder's stale pidfile names (where "pymachine-dev" would also be
+    found in "pymachine-devcopy").
+    """
+    pidfile = folder / "qemu.pid"
+    pid = read_pidfile(pidfile)
+    if pid is None or not alive(pid):
+        return None
+    argv = cmdline(pid)
+    if argv is not None and not started_with(argv, "-pidfile", pidfile):
+        return None
+    return pid
+
+
+def socket_path(folder: Path, role: str) -> str:
+    """Where QemuDriver puts the machine's `role` QMP socket (see QemuDriver._socket)."""
+    path = str(folder / f"{role}.qmp")
+    if len(path) <= MAX_SOCKET_PATH:
+        return path
+    digest = hashlib.sha256(str(folder).encode()).hexdigest()[:16]
+    return str(Path(tempfile.gettempdir()) / f"pymachine-{os.getuid()}" / f"{digest}-{role}.qmp")
+
+
+def _qemu_on_socket(folder: Path, path: str) -> int | None:
+    """The PID of the process listening on the unix socket `path` (Linux's SO_PEERCRED),
+    if it is the QEMU of `folder`; None otherwise or where the OS will not say."""
+    import socket
+    import struct
+
+    if not hasattr(socket, "SO_PEERCRED"):
+        return None
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(1.0)
+            sock.connect(path)
+            pid, _uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    except OSError:
+        return None
+    argv = cmdline(pid)
+    if pid <= 0 or argv is None or not started_with(argv, "-pidfile", folder / "qemu.pid"):
+        return None
+    return pid
 
 
 def _unlink(path: str) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pymachine.errors import DriverError, MachineError
+from pymachine.errors import DriverError, MachineError, MachineRemoved
 from pymachine.runner import Runner
 
 ENTRY_POINT_GROUP = "pymachine.drivers"
@@ -238,8 +238,13 @@ class DriverOptions:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DriverOptions:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        """Options as saved in a config; MachineError when one has the wrong type (a damaged file)."""
+        hints = typing.get_type_hints(cls)
+        values = {k: v for k, v in data.items() if k in hints}
+        for key, value in values.items():
+            if not _of_type(value, hints[key]):
+                raise MachineError(f"driver option '{key}' is {type(value).__name__} {value!r:.40}, not {hints[key]}")
+        return cls(**values)
 
 
 def option(default: Any, help: str) -> Any:
@@ -294,6 +299,12 @@ class Driver(abc.ABC):
     def state(self) -> State:
         """The VM's state, asked of the hypervisor, quickly and without SSH."""
 
+    def require_folder(self) -> None:
+        """Refuse to make a VM for a machine whose folder is gone (removed while it was
+        being created): the core makes the folder, a driver never makes it anew."""
+        if not self.spec.directory.is_dir():
+            raise MachineRemoved(f"The folder of machine '{self.spec.name}' is gone", f"Run `pymachine create {self.spec.name}` to make it again")
+
     def ssh_endpoint(self) -> Endpoint:
         """Where on the host the guest's SSH server answers (a forward on loopback)."""
         return Endpoint(LOOPBACK, self.spec.ssh_port)
@@ -322,6 +333,13 @@ class Driver(abc.ABC):
         """Make the data disk `size_mb` MB, never smaller (DISK_GROW; while the VM runs only
         with ONLINE_DISK_GROW). The guest's filesystem is the guest's business."""
         raise DriverError(f"The {self.name} driver cannot grow its data disk", "Run `pymachine drivers` to see what each driver can do")
+
+    @classmethod
+    def reap(cls, folder: Path, name: str, runner: Runner) -> list[str]:
+        """Stop and delete the VM this driver made for the machine in `folder`, found from
+        the folder and the hypervisor's registry alone (for `rm -f` when the config is
+        damaged); never a VM whose files lie outside `folder`. Returns what it did."""
+        return []
 
     @classmethod
     @abc.abstractmethod
@@ -369,6 +387,24 @@ class Driver(abc.ABC):
         log = self.serial_log()
         if log is not None and log.exists() and log.stat().st_size:
             os.replace(log, log.with_name(log.name + ".1"))
+
+
+def inside(path: str | Path, folder: Path) -> bool:
+    """True if `path` lies in `folder` (symlinks resolved): the test of a VM's ownership."""
+    real, base = os.path.realpath(path), os.path.realpath(folder)
+    return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
+
+
+def _of_type(value: Any, hint: Any) -> bool:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_of_type(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
 
 
 def _format_default(value: Any) -> str:

@@ -6,6 +6,9 @@ ever reaches the user as a traceback.
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
+
 
 class MachineError(Exception):
     """Something the user can understand and act on."""
@@ -45,6 +48,10 @@ class MachineExists(MachineError):
 
 class MachineStateError(MachineError):
     """The machine is not in a state the command can work from."""
+
+
+class MachineRemoved(MachineStateError):
+    """The machine's folder was removed while a command worked on it."""
 
 
 class StoreError(MachineError):
@@ -120,3 +127,32 @@ class HypervisorConflict(MachineError):
 
 class Interrupted(MachineError):
     """Ctrl-C or a signal stopped a command part way; what it made is marked Error."""
+
+
+class StoreUnwritable(StoreError):
+    """The disk under the store is full, or mounted read-only."""
+
+
+def unwritable_store(exc: BaseException, root: Path) -> StoreUnwritable | None:
+    """The one-line error for an OSError that means the store's disk takes no writes:
+    full (ENOSPC, EDQUOT) or read-only (EROFS); None for any other error."""
+    if not isinstance(exc, OSError):
+        return None
+    root = Path(root).absolute()
+    where = root
+    if isinstance(exc.filename, str) and exc.filename:
+        # The store is named whenever the path lies in it; another folder (the cache) by itself.
+        path = Path(exc.filename).absolute()
+        if path != root and root not in path.parents:
+            where = path.parent
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreUnwritable(
+            f"No space left on the disk that holds {where}" + ("" if where == root else f" (pymachine's store is {root})"),
+            f"Free some space there (`df -h {where}` shows it), then run the command again",
+        )
+    if exc.errno == errno.EROFS:
+        return StoreUnwritable(
+            f"{where} is on a read-only file system" + ("" if where == root else f" (pymachine's store is {root})"),
+            "Remount it read-write, or run `pymachine --storage-path FOLDER ...` with a writable FOLDER",
+        )
+    return None

@@ -33,7 +33,9 @@ class Home:
     ssh_factory: Callable[[SSHTarget], GuestSSH] = GuestSSH
 
     def __post_init__(self) -> None:
-        self.root = Path(self.root).expanduser()
+        # Absolute: the paths given to QEMU and the watcher are how their processes are
+        # recognised later, from whatever folder the next command runs in.
+        self.root = Path(self.root).expanduser().absolute()
         self.cache = Path(self.cache).expanduser() if self.cache else self.root / "cache"
         self.store = Store(self.root)
 

@@ -33,6 +33,7 @@ from pymachine.errors import (
     Interrupted,
     MachineError,
     MachineNotFound,
+    MachineRemoved,
     MachineStateError,
     PortUnavailable,
     StoreError,
@@ -73,6 +74,8 @@ class Machine:
         self.directory = home.store.machine_dir(name)
         self._config: MachineConfig | None = None
         self._drivers: dict[str, Driver] = {}
+        #: (st_dev, st_ino) of the folder create made: another folder of that name is not ours
+        self._folder_id: tuple[int, int] | None = None
 
     def __repr__(self) -> str:
         return f"Machine({self.name!r})"
@@ -93,6 +96,18 @@ class Machine:
         """Take `config` as this machine's (create has just written it)."""
         self._config = config
         self._drivers.clear()
+        self._folder_id = self._identity()
+
+    def _identity(self) -> tuple[int, int] | None:
+        try:
+            info = self.directory.stat()
+        except OSError:
+            return None
+        return (info.st_dev, info.st_ino)
+
+    def removed_meanwhile(self) -> bool:
+        """True if the folder create made is gone (an `rm -f` while it worked)."""
+        return self._folder_id is not None and self._identity() != self._folder_id
 
     @contextlib.contextmanager
     def changing(self, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
@@ -124,7 +139,8 @@ class Machine:
             pvh_kernel=boot / "vmlinux" if (boot / "vmlinux").exists() else None,
         )
         return MachineSpec(
-            name=config.name,
+            # The folder's name, never the config's: the folder is the machine's identity.
+            name=self.name,
             directory=self.directory,
             cpus=config.cpus,
             memory_mb=config.memory_mb,
@@ -144,7 +160,10 @@ class Machine:
             if not config.driver:
                 raise MachineError(f"Machine '{self.name}' was not fully created", f"Run `pymachine rm -f {self.name}`")
             cls = load_driver(config.driver)
-            options = cls.options_class.from_dict(config.driver_options)
+            try:
+                options = cls.options_class.from_dict(config.driver_options)
+            except MachineError as exc:
+                raise StoreError(f"Machine '{self.name}' has a damaged config.json ({exc.message})", f"Run `pymachine rm -f {self.name}` to remove it") from None
             self._drivers[role] = cls(self.spec(), options, self.home.runner, client_role=role)
         return self._drivers[role]
 
@@ -174,17 +193,32 @@ class Machine:
             with progress.step("Preparing keys, certificates and the config medium"):
                 self._prepare(image)
             driver = self.driver()
+            # Before each step that makes something: after an `rm -f`, a driver would make
+            # the folder anew (mkdir -p) and a VM in it that no config knows.
+            self._still_here()
             with progress.step(f"Creating the {self.config.driver} VM"):
                 driver.create()
+            self._still_here()
             driver = self._boot(driver)
+            self._still_here()
             self._provision(driver, image.engine)
+            self._still_here()
             self._mark_ready()
-        except KeyboardInterrupt:
-            self._fail("interrupted during create")
-            raise Interrupted(f"Creating machine '{self.name}' was interrupted; it is left in state Error", f"Run `pymachine rm -f {self.name}` to clean it up") from None
         except BaseException as exc:
+            if self.removed_meanwhile():
+                # `rm -f` took the folder (and stopped the VM): what failed after is no news.
+                with contextlib.suppress(Exception):
+                    (self._drivers.get("cli") or self.driver()).kill()
+                raise MachineRemoved(f"Machine '{self.name}' was removed while it was being created", f"Run `pymachine create {self.name}` to make it again") from None
+            if isinstance(exc, KeyboardInterrupt):
+                self._fail("interrupted during create")
+                raise Interrupted(f"Creating machine '{self.name}' was interrupted; it is left in state Error", f"Run `pymachine rm -f {self.name}` to clean it up") from None
             self._fail(str(exc) or type(exc).__name__)
             raise
+
+    def _still_here(self) -> None:
+        if self.removed_meanwhile():
+            raise MachineRemoved(f"Machine '{self.name}' was removed while it was being created", f"Run `pymachine create {self.name}` to make it again")
 
     def _prepare(self, image: BootImage) -> None:
         config = self.config
@@ -219,13 +253,14 @@ class Machine:
         self.config.status = STATUS_READY
         self.config.error = ""
         self.save()
+        self.home.store.clear_creator(self.name)
 
     def _fail(self, message: str, driver: Driver | None = None) -> None:
         """Leave a failed create or start visible as Error, with no VM process left running."""
         with contextlib.suppress(Exception):
             (driver or self._drivers.get("cli") or self.driver()).kill()
         with contextlib.suppress(Exception):
-            if self.exists():
+            if self.exists() and not self.removed_meanwhile():
                 self.config.status = STATUS_ERROR
                 self.config.error = message.splitlines()[0][:300] if message else "failed"
                 self.save()
@@ -383,7 +418,8 @@ class Machine:
 
     def remove(self, force: bool = False) -> None:
         """Delete the machine: its VM, files and docker context. `force` goes on past
-        a damaged config, driver errors and a lock another command holds."""
+        a damaged config, driver errors and a lock another command holds; a VM its
+        driver could not remove is then found from the folder itself (Driver.reap)."""
         with contextlib.ExitStack() as held:
             try:
                 held.enter_context(self.home.store.lock(self.name, timeout=2 if force else LOCK_TIMEOUT))
@@ -400,21 +436,40 @@ class Machine:
                 if not force:
                     raise
                 config = None
+            removed = False
             if config is not None and config.driver:
                 try:
                     driver = self.driver()
                     self.before_stop(driver)
                     with self.home.progress.step(f"Removing the VM of machine '{self.name}'"):
                         driver.remove()
+                    removed = True
                 except MachineError:
                     if not force:
                         raise
+            if force and not removed:
+                self._reap()
             try:
                 self.home.contexts.remove(self.name)
             except MachineError:
                 if not force:
                     raise
             self.home.store.remove(self.name)
+
+    def _reap(self) -> None:
+        """Stop the watcher and whatever VM each driver finds made from this folder."""
+        from pymachine.driver import driver_names
+
+        with contextlib.suppress(Exception):
+            self.watcher.stop(None)
+        for name in driver_names():
+            try:
+                done = load_driver(name).reap(self.directory, self.name, self.home.runner)
+            except Exception as exc:  # noqa: BLE001 - rm -f goes on; the rest is still removed
+                self.home.progress.note(f"Could not look for a {name} VM of machine '{self.name}': {exc}")
+                continue
+            for line in done:
+                self.home.progress.note(line)
 
     def provision(self, reinstall: bool = False) -> None:
         """Run provisioning again on a running machine (installs, certificates, config)."""

@@ -8,6 +8,7 @@ about all of them at once. None of it prints.
 from __future__ import annotations
 
 import datetime
+import logging
 import threading
 import time
 from concurrent.futures import Future
@@ -209,6 +210,10 @@ class Machines:
             state = machine.status()
         except MachineError as exc:
             return MachineInfo(name, name == active, config.driver, config.arch, State.ERROR.value, "", "", str(exc))
+        # One machine's surprise stays in its own row (and in the debug log).
+        except Exception as exc:
+            logging.getLogger("pymachine").exception("state of machine %s", name)
+            return MachineInfo(name, name == active, config.driver, config.arch, State.ERROR.value, "", "", f"{type(exc).__name__}: {exc}")
         url = config.docker_url if state == State.RUNNING.value else ""
         docker = f"v{config.engine_version}" if config.engine_version else ""
         memory = machine.host_memory_mb() if state in (State.RUNNING.value, State.STARTING.value) else None

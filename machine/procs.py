@@ -58,6 +58,35 @@ def cmdline(pid: int) -> list[str] | None:
     return None
 
 
+def start_time(pid: int) -> str | None:
+    """When the process started, as the OS tells it (with its PID, a process's identity);
+    None when the OS will not say."""
+    try:
+        # Field 22 of /proc/PID/stat, after the ")" that ends the command's name.
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        pass
+    if sys.platform == "darwin":
+        try:
+            out = subprocess.run(["ps", "-o", "lstart=", "-p", str(pid)], capture_output=True, text=True, timeout=2, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return "-".join(out.stdout.split()) or None
+    return None
+
+
+def started_with(argv: list[str], option: str, path: Path) -> bool:
+    """True if `argv` passes `option` exactly `path` (as given, or with symlinks resolved).
+
+    A folder's path is its machine's mark: `machines/dev/qemu.pid` is no prefix of
+    `machines/devcopy/qemu.pid`, where a substring test on "pymachine-dev" would match.
+    macOS's ps gives the command line as one string: it is matched whole.
+    """
+    wanted = {str(path), os.path.realpath(path)}
+    line = " " + " ".join(argv) + " "
+    return any(f" {option} {value} " in line for value in wanted)
+
+
 def running_from(pidfile: Path, marker: str) -> int | None:
     """The PID in `pidfile` if that process is alive and `marker` is in its command line."""
     pid = read_pidfile(pidfile)

@@ -6,6 +6,12 @@ Layout (under the home folder, see pymachine.home):
     machines/NAME/          one folder per machine
         config.json         MachineConfig, 0600, versioned, written atomically
         .lock               held by commands that change the machine
+        creating.pid        while `create` runs: its PID and start time
+
+The folder is the machine's identity: a config.json whose name is not its folder's (a
+folder copied or renamed by hand) is damaged, and never leads a command to another
+machine. So is one with a value of the wrong type, bytes that are not UTF-8, or a
+folder, FIFO or symlink in its place: each is one machine's Error, never `ls`'s.
 
 config.json is replaced through a temporary file and os.replace, never removed and
 rewritten, so a crash leaves either the old or the new file. Files from an older
@@ -15,9 +21,12 @@ pymachine are migrated forward step by step; files from a newer one are refused.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
+import stat
+import typing
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -25,6 +34,7 @@ from typing import Any
 
 from pymachine.errors import InvalidName, MachineExists, MachineNotFound, StoreError
 from pymachine.locking import FileLock, LockBusy
+from pymachine.procs import alive, start_time
 
 #: pymachine's folder unless --storage-path or $PYMACHINE_STORAGE_PATH says otherwise. Like
 #: ~/.docker/machine for docker-machine, but short: QMP socket paths live under it.
@@ -50,6 +60,14 @@ _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9.-]{0,62}\Z")
 STATUS_CREATING = "creating"
 STATUS_READY = "ready"
 STATUS_ERROR = "error"
+STATUSES = (STATUS_CREATING, STATUS_READY, STATUS_ERROR)
+
+#: Keys without a default: a config.json without them is damaged (the others default).
+REQUIRED_KEYS = ("name", "driver")
+#: The largest config.json read; a machine's is about 2 KB.
+MAX_CONFIG_BYTES = 1_000_000
+#: Written while `create` runs: its PID and that process's start time (see Store.creator_gone).
+CREATOR_FILE = "creating.pid"
 
 
 def default_root(storage_path: str | None = None) -> Path:
@@ -178,34 +196,112 @@ class Store:
         """Make the folder of a new machine and hold its lock while the first config is
         written and for as long as the caller keeps the context; MachineExists if taken."""
         directory = self.machine_dir(config.name)
-        self.machines_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.ensure_root()
+        self.machines_dir.mkdir(exist_ok=True, mode=0o700)
         try:
             directory.mkdir(mode=0o700)
         except FileExistsError:
             raise MachineExists(config.name) from None
         with self.lock(config.name):
-            self.save(config)
+            try:
+                self.mark_creator(config.name)
+                self.save(config)
+            except BaseException:
+                # Nothing was made yet: a folder without a config would only need an `rm -f`.
+                self._discard(directory)
+                raise
             yield directory
 
+    def ensure_root(self) -> None:
+        """Make the store's folder, 0700: machines' keys and the debug log live under it."""
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+
     def load(self, name: str) -> MachineConfig:
+        """The machine's config; StoreError (naming `pymachine rm -f NAME`) for any config.json
+        that is not one this folder's machine could have written."""
+        raw = self._read_config(name)
+        if raw is None:
+            # A create interrupted before its first write: show it so `rm` can clean it.
+            return MachineConfig(name=name, driver="", arch="", status=STATUS_ERROR, error="incomplete: no config.json")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise damaged(name, f"not UTF-8 text (byte {exc.start})") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise damaged(name, f"{exc.msg} at line {exc.lineno}") from None
+        except RecursionError:
+            raise damaged(name, "nested too deeply") from None
+        if not isinstance(data, dict):
+            raise damaged(name, "not a JSON object")
+        data = self._upgrade(name, data)
+        _check_config(name, data)
+        config = MachineConfig.from_json(data)
+        if config.status == STATUS_CREATING and self.creator_gone(name):
+            # Its create was killed: nothing will finish it. Said, not saved: a reader never writes.
+            config.status = STATUS_ERROR
+            config.error = f"create was interrupted; run `pymachine rm -f {name}`"
+        return config
+
+    def _read_config(self, name: str) -> bytes | None:
+        """config.json's bytes; None when the folder has none; StoreError when it cannot be read.
+
+        Opened without following a symlink and without blocking (a FIFO in its place
+        would hang every `ls`), and read only if it is a regular file.
+        """
         path = self.config_path(name)
         try:
-            raw = path.read_text()
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
             if self.machine_dir(name).is_dir():
-                # A create interrupted before its first write: show it so `rm` can clean it.
-                return MachineConfig(name=name, driver="", arch="", status=STATUS_ERROR, error="incomplete: no config.json")
+                return None
             raise MachineNotFound(name) from None
+        except OSError as exc:
+            raise damaged(name, _os_reason(exc)) from None
         try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise StoreError(
-                f"Machine '{name}' has an unreadable config.json ({exc.msg} at line {exc.lineno})",
-                f"Run `pymachine rm -f {name}` to remove it",
-            ) from None
-        if not isinstance(data, dict):
-            raise StoreError(f"Machine '{name}' has an unreadable config.json (not a JSON object)", f"Run `pymachine rm -f {name}` to remove it")
-        return MachineConfig.from_json(self._upgrade(name, data))
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise damaged(name, "not a regular file")
+            if info.st_size > MAX_CONFIG_BYTES:
+                raise damaged(name, f"{info.st_size} bytes, far more than a config holds")
+            chunks = []
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        except OSError as exc:
+            raise damaged(name, _os_reason(exc)) from None
+        finally:
+            os.close(fd)
+
+    # -- who is creating a machine ------------------------------------------------------
+
+    def mark_creator(self, name: str) -> None:
+        """Record this process as the machine's creator (see creator_gone)."""
+        pid = os.getpid()
+        atomic_write(self.machine_dir(name) / CREATOR_FILE, f"{pid} {start_time(pid) or ''}\n")
+
+    def clear_creator(self, name: str) -> None:
+        with contextlib.suppress(OSError):
+            (self.machine_dir(name) / CREATOR_FILE).unlink()
+
+    def creator_gone(self, name: str) -> bool:
+        """True if the process that was creating the machine no longer runs.
+
+        A PID alone could have been reused: the process's start time must match too.
+        No record at all is a create from before records were kept, or one killed
+        between its first writes: gone too.
+        """
+        try:
+            words = (self.machine_dir(name) / CREATOR_FILE).read_text().split()
+            pid = int(words[0])
+        except (OSError, ValueError, IndexError, UnicodeDecodeError):
+            return True
+        if pid <= 0 or not alive(pid):
+            return True
+        recorded = words[1] if len(words) > 1 else ""
+        now = start_time(pid)
+        return bool(recorded and now and recorded != now)
 
     def save(self, config: MachineConfig) -> None:
         text = json.dumps(config.to_json(), indent=2, sort_keys=True) + "\n"
@@ -227,6 +323,11 @@ class Store:
         except FileNotFoundError:
             return
         shutil.rmtree(trash, ignore_errors=True)
+
+    def _discard(self, directory: Path) -> None:
+        import shutil
+
+        shutil.rmtree(directory, ignore_errors=True)
 
     @contextlib.contextmanager
     def lock(self, name: str, timeout: float = 10.0) -> Iterator[None]:
@@ -251,7 +352,7 @@ class Store:
 
     def _upgrade(self, name: str, data: dict[str, Any]) -> dict[str, Any]:
         version = data.get("version", 0)
-        if not isinstance(version, int):
+        if not isinstance(version, int) or isinstance(version, bool):
             raise StoreError(f"Machine '{name}' has a config.json without a valid version", f"Run `pymachine rm -f {name}`")
         if version > CONFIG_VERSION:
             raise StoreError(
@@ -269,3 +370,63 @@ class Store:
             version += 1
             data["version"] = version
         return data
+
+
+def damaged(name: str, reason: str) -> StoreError:
+    """The one error for a config.json that cannot be this machine's."""
+    return StoreError(f"Machine '{name}' has an unreadable config.json ({reason})", f"Run `pymachine rm -f {name}` to remove it")
+
+
+def _os_reason(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "a symbolic link, which pymachine never writes"
+    if exc.errno == errno.EISDIR:
+        return "a folder, not a file"
+    return exc.strerror or type(exc).__name__
+
+
+def _check_config(name: str, data: dict[str, Any]) -> None:
+    """Every key a MachineConfig has must hold its type; the core keys must be there;
+    and the config must be this folder's machine's (the folder is its identity)."""
+    missing = [key for key in REQUIRED_KEYS if key not in data]
+    if missing:
+        raise damaged(name, f"no {', '.join(missing)}")
+    hints = typing.get_type_hints(MachineConfig)
+    for f in fields(MachineConfig):
+        if f.name in data and not _has_type(data[f.name], hints[f.name]):
+            raise damaged(name, f"{f.name} is {type(data[f.name]).__name__} {json.dumps(data[f.name])[:40]}, not {_type_name(hints[f.name])}")
+    for mount in data.get("mounts", []):
+        if not isinstance(mount.get("host"), str) or not isinstance(mount.get("guest"), str):
+            raise damaged(name, "a mount without host and guest paths")
+    if data.get("status", STATUS_CREATING) not in STATUSES:
+        raise damaged(name, f"status {json.dumps(data['status'])[:40]}, not one of {', '.join(STATUSES)}")
+    if data["name"] != name:
+        # A folder copied or renamed by hand: acting on the config's name would reach
+        # another machine's VM, disk and ports.
+        raise StoreError(
+            f"Machine '{name}' has the config.json of machine '{data['name']}' (a copied or renamed folder)",
+            f"Run `pymachine rm -f {name}` to remove this folder; machine '{data['name']}' is not touched",
+        )
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_has_type(v, item) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    if hint is Any:
+        return True
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is list:
+        return "a list"
+    if origin is dict:
+        return "an object"
+    return {int: "a number", str: "a string", bool: "true or false"}.get(hint, str(hint))

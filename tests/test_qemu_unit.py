@@ -382,7 +382,8 @@ class FakeMonitor:
 def running(tmp_path: Path):
     """A driver whose pidfile names a live process called qemu, and its fake monitor."""
     driver = make_driver(tmp_path, accel="tcg")
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-name", "pymachine-dev"])  # stands in for qemu
+    # Stands in for qemu, with the two arguments that make a process this machine's QEMU.
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-name", "pymachine-dev", "-pidfile", str(driver.pidfile)])
     driver.pidfile.write_text(f"{process.pid}\n")
     replies: dict[str, str] = {}
     monitor = FakeMonitor(driver.control_socket, lambda text: replies.get(text, ""))

@@ -22,6 +22,7 @@ speaks the 6.1 API, which has no platforms.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import time
@@ -44,6 +45,7 @@ from pymachine.driver import (
     PortForward,
     State,
     host_port_free,
+    inside,
     option,
     share_tag,
 )
@@ -249,7 +251,15 @@ class VirtualBoxDriver(Driver):
         return DriverError(f"VirtualBox could not {what} VM '{vm}': {exc.text}", f"Run `pymachine status {vm}`, and `VBoxManage showvminfo {vm}` for VirtualBox's view")
 
     def _info(self) -> VMInfo | None:
-        return self._do("read the state of", lambda: self.backend.info(self.vm))
+        info = self._do("read the state of", lambda: self.backend.info(self.vm))
+        if info is not None and info.settings_file and not inside(info.settings_file, self.base_folder):
+            # A VM of this name that another folder made (a machine folder renamed or
+            # copied by hand, or the user's own VM): never act on it.
+            raise MachineStateError(
+                f"The VirtualBox VM '{self.vm}' is not machine '{self.vm}''s: its settings are in {info.settings_file}, outside {self.base_folder}",
+                f"Run `pymachine rm -f {self.vm}` to remove this machine's folder; that VM is left alone",
+            )
+        return info
 
     def _require_info(self) -> VMInfo:
         info = self._info()
@@ -317,7 +327,8 @@ class VirtualBoxDriver(Driver):
     def create(self) -> None:
         validate_options(self.options)
         nic_type = nic_type_for(self.options, self.spec.arch)
-        self.spec.directory.mkdir(parents=True, exist_ok=True)
+        # VirtualBox makes --basefolder and its parents: not in a folder `rm -f` took.
+        self.require_folder()
         if self._info() is not None:
             raise MachineStateError(
                 f"A VirtualBox VM named '{self.vm}' already exists",
@@ -400,6 +411,36 @@ class VirtualBoxDriver(Driver):
         for log in (self.console, self.console.with_name("serial.log.1")):
             log.unlink(missing_ok=True)
         shutil.rmtree(self.base_folder, ignore_errors=True)
+
+    @classmethod
+    def reap(cls, folder: Path, name: str, runner: Runner) -> list[str]:
+        """Power off and delete the VMs registered from this folder's virtualbox/ subfolder.
+
+        The VMs are found in `VBoxManage list vms` by the names the folder holds settings
+        for (virtualbox/VM/VM.vbox) and by the machine's name, and acted on by UUID only
+        when VirtualBox's own CfgFile for them lies inside the folder.
+        """
+        base = folder / "virtualbox"
+        if not base.is_dir() or runner.which("VBoxManage") is None:
+            return []
+        names = {name} | {p.stem for p in base.glob("*/*.vbox")}
+        backend = VBoxManageBackend(runner)
+        done = []
+        for vm_name, uuid in registered_vms(backend):
+            if vm_name not in names:
+                continue
+            info = backend.info(uuid)
+            if info is None or not info.settings_file or not inside(info.settings_file, base):
+                continue
+            if info.state in LIVE_STATES:
+                backend.power_off(uuid)
+            backend.delete(uuid)
+            done.append(f"Removed the VirtualBox VM '{vm_name}' ({uuid}) of machine '{name}'")
+        disk = folder / "data.vdi"
+        if disk.exists():
+            with contextlib.suppress(VBoxFailure):
+                backend.close_disk(disk)
+        return done
 
     def state(self) -> State:
         info = self._info()
@@ -501,6 +542,15 @@ class VirtualBoxDriver(Driver):
 
 
 # -- module helpers ---------------------------------------------------------------------
+
+
+_LISTED_VM = re.compile(r'^"(.*)" \{([0-9a-fA-F-]+)\}$')
+
+
+def registered_vms(backend: VBoxManageBackend) -> list[tuple[str, str]]:
+    """(name, uuid) of every VM `VBoxManage list vms` shows."""
+    out = backend.run("list", "vms", timeout=30).stdout
+    return [(m.group(1), m.group(2)) for m in map(_LISTED_VM.match, out.splitlines()) if m]
 
 
 def validate_options(options: VirtualBoxOptions) -> None:

@@ -83,6 +83,12 @@ def run_cli(args: list[str]) -> int:
     except Exception as exc:  # noqa: BLE001 - the last line of defence
         import logging
 
+        from pymachine.errors import unwritable_store
+
+        full = unwritable_store(exc, session.debug_log.parent)
+        if full is not None:
+            _error(str(full))
+            return 1
         log_path = session.debug_log
         logging.getLogger("pymachine").exception("unexpected error")
         _error(f"Unexpected {type(exc).__name__}: {exc}. The details are in {log_path}; please report them.")

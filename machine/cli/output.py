@@ -75,17 +75,37 @@ def error(message: str) -> None:
         print(rest.rstrip(), file=sys.stderr)
 
 
+class DebugLogHandler(logging.FileHandler):
+    """The debug log: created 0600 (it holds machine names, paths and argv), and quiet when
+    the disk takes no more (a full or read-only store must not add tracebacks to the one
+    line the command prints)."""
+
+    def _open(self) -> Any:
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0), 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+        except OSError:
+            pass
+        return os.fdopen(fd, "a", encoding=self.encoding or "utf-8", errors=self.errors)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
 def setup_logging(log_path: Path, debug: bool) -> None:
     """Everything to the debug log (kept small); to stderr as well with --debug."""
+    # A handler that cannot write must never print "--- Logging error ---" tracebacks.
+    logging.raiseExceptions = False
     logger = logging.getLogger()
     logger.setLevel(logging.DEBUG)
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
     try:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+        # The store's folder: 0700, as it holds every machine's keys.
+        log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if log_path.exists() and log_path.stat().st_size > DEBUG_LOG_LIMIT:
             os.replace(log_path, log_path.with_suffix(".log.1"))
-        handler: logging.Handler = logging.FileHandler(log_path)
+        handler: logging.Handler = DebugLogHandler(log_path)
         handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"))
         logger.addHandler(handler)
     except OSError:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pymachine.errors import MachineError
-from pymachine.procs import read_pidfile, running_from, terminate
+from pymachine.procs import cmdline, read_pidfile, running_from, started_with, terminate
 from pymachine.store import atomic_write
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ class WatcherProcess:
         self.name = self.directory.name
 
     def pid(self) -> int | None:
-        return running_from(self.directory / PIDFILE, MARKER)
+        return watcher_of(self.directory)
 
     def ensure_running(self) -> int | None:
         """Start the watcher unless one runs; returns without waiting for it."""
@@ -84,11 +84,29 @@ class WatcherProcess:
         return {"machine": self.name, "watcher": watcher, "forwards": data.get("forwards", [])}
 
 
+def watcher_of(directory: Path) -> int | None:
+    """The PID of the watcher of the machine in `directory`, from its pidfile: a live
+    process started as `-m pymachine.cli.watcher --storage-path ROOT NAME` for this very
+    folder. A copied folder's stale pidfile names another machine's watcher: not ours."""
+    pid = running_from(directory / PIDFILE, MARKER)
+    if pid is None:
+        return None
+    argv = cmdline(pid)
+    if argv is None:
+        return pid  # the OS will not say more than the marker
+    if not argv or argv[-1] != directory.name or not started_with(argv, "--storage-path", directory.parent.parent):
+        return None
+    return pid
+
+
 def spawn(root: Path, directory: Path) -> int | None:
     """Start the watcher detached; it outlives the command that started it."""
     if not directory.is_dir():
         return None
     import subprocess
+
+    # Absolute: watcher_of knows the watcher by this path, from whatever folder it runs in.
+    root = Path(root).absolute()
 
     with open(directory / LOGFILE, "ab") as log_file:
         process = subprocess.Popen(
@@ -111,7 +129,7 @@ def revive_if_crashed(directory: Path) -> bool:
     """
     pidfile = directory / PIDFILE
     pid = read_pidfile(pidfile)
-    if pid is None or running_from(pidfile, MARKER) is not None:
+    if pid is None or watcher_of(directory) is not None:
         return False
     spawn(directory.parent.parent, directory)
     return True
