@@ -58,7 +58,7 @@ class TerminalProgress(Progress):
             self._bar.update(self._task, completed=done)
 
     def on_note(self, message: str) -> None:
-        self.console.print(f"[yellow]![/yellow] {message}")
+        self.console.print(f"[yellow]![/yellow] {message}", soft_wrap=True)  # one line, whatever the width
 
     def _close_bar(self) -> None:
         if self._bar is not None:
