@@ -452,7 +452,8 @@ class QemuDriver(Driver):
 
     @property
     def pidfile(self) -> Path:
-        return self.directory / "qemu.pid"
+        # Absolute: its path in QEMU's command line is how this machine's QEMU is known.
+        return Path(os.path.abspath(self.directory / "qemu.pid"))
 
     def _socket(self, role: str) -> str:
         path = str(self.directory / f"{role}.qmp")
@@ -772,9 +773,14 @@ class QemuDriver(Driver):
     # -- helpers ----------------------------------------------------------------------
 
     def _pid(self) -> int | None:
-        # QEMU runs with -name pymachine-NAME: a PID reused by another program, even one
-        # whose path merely contains "qemu" (a checkout named wt-qemu-arm), is not ours.
-        return running_from(self.pidfile, f"pymachine-{self.spec.name}")
+        # Our QEMU carries `-pidfile PATH` in its command line, PATH in this machine's own
+        # folder: a PID reused by another program, or by another machine's QEMU (dev2's
+        # for dev, or the original's for a copied folder), is not ours.
+        return running_from(self.pidfile, self.process_mark())
+
+    def process_mark(self) -> list[str]:
+        """Whole arguments of this machine's QEMU command line and of no other process."""
+        return ["-pidfile", str(self.pidfile)]
 
     def _qmp(self, timeout: float = 2.0) -> QMPClient:
         return QMPClient(self.control_socket, timeout=timeout)

@@ -381,7 +381,7 @@ class FakeMonitor:
 def running(tmp_path: Path):
     """A driver whose pidfile names a live process called qemu, and its fake monitor."""
     driver = make_driver(tmp_path, accel="tcg")
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-name", "pymachine-dev"])  # stands in for qemu
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-name", "pymachine-dev", "-pidfile", str(driver.pidfile)])  # stands in for qemu
     driver.pidfile.write_text(f"{process.pid}\n")
     replies: dict[str, str] = {}
     monitor = FakeMonitor(driver.control_socket, lambda text: replies.get(text, ""))
