@@ -449,6 +449,16 @@ def forwards_of(cli: Any, port: int) -> list[dict[str, Any]]:
     return [f for f in cli.ports(NAME)["forwards"] if f["host_port"] == port]
 
 
+#: What no forwarding fault may change in the machine's folder.
+KEPT = ("config.json", "ca.pem", "cert.pem", "key.pem", "server.pem", "server-key.pem", "id_ed25519", "config.iso")
+
+
+def kept_hashes(directory: Path) -> dict[str, str]:
+    import hashlib
+
+    return {name: hashlib.sha256((directory / name).read_bytes()).hexdigest() for name in KEPT if (directory / name).exists()}
+
+
 def host_port_free(port: int) -> bool:
     """Nothing listens on the port (connections the forward carried may linger in TIME_WAIT)."""
     with socket.socket() as sock:
@@ -468,6 +478,8 @@ def test_live_same_machine_conflict_keeps_the_first_owner(cli) -> None:
     port = free_port()
     directory = cli.machine_dir(NAME)
     before = sorted(p.name for p in directory.iterdir())
+    hashes = kept_hashes(directory)
+    assert "config.json" in hashes
     cli.docker(NAME, "run", "-d", "--name", "owner", "-p", f"127.0.0.1:{port}:80", *serve("from-owner"))
     assert wait_for(lambda: "from-owner" in (http_get(port) or ""), timeout=30, interval=0.05)
     cli.docker(NAME, "run", "-d", "--name", "intruder", "-p", f"10.0.2.15:{port}:80", *serve("from-intruder"))
@@ -484,6 +496,7 @@ def test_live_same_machine_conflict_keeps_the_first_owner(cli) -> None:
     print(f"host port free {time.monotonic() - gone:.2f}s after docker rm -f returned")
     assert forwards_of(cli, port) == []
     assert sorted(p.name for p in directory.iterdir()) == before, "files appeared or vanished in the machine's folder"
+    assert kept_hashes(directory) == hashes
 
 
 @pytest.mark.live
@@ -493,6 +506,7 @@ def test_live_a_killed_watcher_comes_back_with_no_command_run(cli) -> None:
 
     env = cli.docker_env(NAME)  # the only pymachine command, before the kill
     directory = cli.machine_dir(NAME)
+    hashes = kept_hashes(directory)
     pid = read_pidfile(directory / PIDFILE)
     assert pid and alive(pid)
     os.kill(pid, signal.SIGKILL)
@@ -510,6 +524,8 @@ def test_live_a_killed_watcher_comes_back_with_no_command_run(cli) -> None:
     assert back and back != pid and alive(back)
     print(f"new watcher {restarted:.2f}s after its kill -9; a port published then answered {took:.2f}s after the kill")
     subprocess.run([program("docker"), "rm", "-f", "after-kill"], env=env, capture_output=True, timeout=120, check=True)
+    assert kept_hashes(directory) == hashes
+    assert "Traceback" not in (directory / "watcher.log").read_text()
 
 
 @pytest.mark.live
@@ -543,6 +559,7 @@ def test_live_after_qemu_is_killed_no_forward_is_shown_active(cli) -> None:
     cli.docker(NAME, "run", "-d", "--name", "doomed", "-p", f"{port}:80", *serve("doomed"))
     assert wait_for(lambda: http_get(port) is not None, timeout=30, interval=0.05)
     directory = cli.machine_dir(NAME)
+    hashes = kept_hashes(directory)
     qemu = read_pidfile(directory / "qemu.pid")
     keeper = read_pidfile(directory / "watcher-keeper.pid")
     watcher = read_pidfile(directory / PIDFILE)
@@ -556,5 +573,6 @@ def test_live_after_qemu_is_killed_no_forward_is_shown_active(cli) -> None:
     assert wait_for(lambda: not alive(keeper) and not alive(watcher), timeout=60), "the watcher or its keeper outlived its VM"
     table = cli.pm("ports", NAME)
     assert "active" not in table.stdout and "Traceback" not in table.stderr
+    assert kept_hashes(directory) == hashes
     removed = cli.pm("rm", "-f", "-y", NAME)
     assert "Traceback" not in removed.stderr
