@@ -153,7 +153,6 @@ class FakeParallels:
             data["networks"][network][protocol][name] = {"source port": src_port, "destination IP/VM id": dest, "destination port": dest_port}
             listen(data["networks"][network], protocol, name)
 
-
     def forward_works(self, name: str, protocol: str, host_port: int, guest_port: int, network: str = "Shared", host_ip: str = "127.0.0.1") -> bool:
         """What the real host would show for a connection to host_ip:host_port: a running VM
         whose guest booted, that a rule of that port points at, if the rule got its port
