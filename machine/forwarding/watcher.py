@@ -80,6 +80,8 @@ class ForwardWatcher:
         self.owners: dict[tuple[str, int], Record] = {}
         #: claims that did not get their host port, by (protocol, host port) and container
         self.failures: dict[tuple[tuple[str, int], str], Record] = {}
+        #: the reason last logged for each failed claim
+        self._logged: dict[tuple[tuple[str, int], str], str] = {}
         self.pending: dict[str, Future[list[WantedForward]]] = {}
         self.loopback: set[tuple[str, int]] = set()
         self.health: dict[str, Any] = {"state": "starting", "since": _now()}
@@ -274,11 +276,17 @@ class ForwardWatcher:
             return
         self.owners[key] = Record(item, "active")
         self.failures.pop((key, item.container_id), None)
+        self._logged.pop((key, item.container_id), None)
         log.info("forward %s for %s added", item.forward, item.container_name)
 
     def _fail(self, item: WantedForward, reason: str) -> None:
-        self.failures[(item.forward.key, item.container_id)] = Record(item, "failed", reason)
-        log.warning("forward %s for %s failed: %s", item.forward, item.container_name, reason)
+        claim = (item.forward.key, item.container_id)
+        self.failures[claim] = Record(item, "failed", reason)
+        # Once per claim and reason: a start is applied twice (from create's inspect, then
+        # start's), and every reconcile tries failed forwards again.
+        if self._logged.get(claim) != reason:
+            self._logged[claim] = reason
+            log.warning("forward %s for %s failed: %s", item.forward, item.container_name, reason)
 
     def _promote(self, keys: list[tuple[str, int]]) -> None:
         """Host ports given up by their owner go to a container still waiting for them."""
@@ -317,6 +325,7 @@ class ForwardWatcher:
                 if owner_id == container:
                     del self.failures[(key, owner_id)]
                     changed = True
+            self._logged = {claim: reason for claim, reason in self._logged.items() if claim[1] != container}
             self._promote(freed)
         if changed:
             self._sync_loopback()

@@ -153,7 +153,10 @@ def test_the_first_owner_keeps_the_port_and_the_loser_is_failed_and_logged(watch
     assert [c for c in driver.calls if c[0] == "remove"] == [], "A's forward was taken down"
     assert "--dport 8096" in shell.scripts[-1], "A's DNAT rule into the guest's loopback is gone"
     assert rows(watcher) == [("A", "active", ""), ("B", "failed", "host port 8096/tcp already forwarded for container A")]
-    assert "forward 127.0.0.1:8096->8096/tcp for B failed: host port 8096/tcp already forwarded for container A" in caplog.text
+    line = "forward 127.0.0.1:8096->8096/tcp for B failed: host port 8096/tcp already forwarded for container A"
+    assert line in caplog.text
+    watcher._apply_container(B_ID, wanted_from_inspect(B))  # start's own inspect, after create's
+    assert caplog.text.count(line) == 1, "one failure, logged once"
 
 
 def test_docker_rm_f_of_both_takes_the_forward_down_at_once(watched) -> None:
