@@ -519,7 +519,8 @@ class QemuDriver(Driver):
 
     @property
     def pidfile(self) -> Path:
-        return self.directory / "qemu.pid"
+        # Absolute: its path in QEMU's command line is how this machine's QEMU is known.
+        return Path(os.path.abspath(self.directory / "qemu.pid"))
 
     def _socket(self, role: str) -> str:
         path = str(self.directory / f"{role}.qmp")
@@ -900,7 +901,14 @@ class QemuDriver(Driver):
     # -- helpers ----------------------------------------------------------------------
 
     def _pid(self) -> int | None:
+        # Our QEMU carries `-pidfile PATH`, PATH in this machine's own folder: a PID
+        # reused by another program, or by another machine's QEMU (dev2's for dev, or the
+        # original's for a copied folder), is not ours.
         return qemu_of(self.directory)
+
+    def process_mark(self) -> list[str]:
+        """Whole arguments of this machine's QEMU command line and of no other process."""
+        return ["-pidfile", str(self.pidfile)]
 
     def _qmp(self, timeout: float = 2.0) -> QMPClient:
         return QMPClient(self.control_socket, timeout=timeout)

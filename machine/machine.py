@@ -591,7 +591,7 @@ class Machine:
 
     def revive_watcher(self, state: State | str) -> None:
         """A watcher that died while its machine runs is started again by the next command."""
-        if self.config.status == STATUS_READY and str(state) == State.RUNNING.value and self.watcher.pid() is None:
+        if self.config.status == STATUS_READY and str(state) == State.RUNNING.value and self.watcher.keeper_pid() is None:
             self.after_ready()
 
     def forward_watcher(self) -> Any:

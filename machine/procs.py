@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -41,8 +42,9 @@ def alive(pid: int) -> bool:
         return True
 
 
-def cmdline(pid: int) -> list[str] | None:
-    """The process's argv, or None when the OS will not say."""
+def cmdline(pid: int) -> list[str] | str | None:
+    """What the OS says the process was started with: its argv (Linux, from /proc), or
+    its command line joined with spaces (macOS `ps -o command=`); None when it will not say."""
     proc = Path(f"/proc/{pid}/cmdline")
     if proc.exists():
         try:
@@ -50,11 +52,7 @@ def cmdline(pid: int) -> list[str] | None:
         except OSError:
             return None
     if sys.platform == "darwin":
-        try:
-            out = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, timeout=2)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return out.stdout.split() or None
+        return ps_command(pid)
     return None
 
 
@@ -87,13 +85,46 @@ def started_with(argv: list[str], option: str, path: Path) -> bool:
     return any(f" {option} {value} " in line for value in wanted)
 
 
-def running_from(pidfile: Path, marker: str) -> int | None:
-    """The PID in `pidfile` if that process is alive and `marker` is in its command line."""
+def ps_command(pid: int, ps: str = "ps") -> str | None:
+    """`ps -o command= -p PID`: the command line joined with spaces (spaces inside an
+    argument cannot be told from those between arguments), or None for no such process."""
+    try:
+        out = subprocess.run([ps, "-o", "command=", "-p", str(pid)], capture_output=True, text=True, timeout=2)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = out.stdout.strip()
+    return text if out.returncode == 0 and text else None
+
+
+def carries(command: list[str] | str, mark: Sequence[str]) -> bool:
+    """True if the command line holds `mark`, consecutive whole arguments (such as
+    ["-pidfile", "/home/u/.docker/machine/machines/dev/qemu.pid"]). Whole arguments: the
+    mark of machine `dev` is not found in the command line of machine `dev2`."""
+    words = list(mark)
+    if not words:
+        return False
+    if isinstance(command, str):
+        # macOS: arguments joined with spaces; the mark must stand between spaces or ends.
+        return f" {' '.join(words)} " in f" {command.strip()} "
+    size = len(words)
+    return any(command[i : i + size] == words for i in range(len(command) - size + 1))
+
+
+def running_from(pidfile: Path, mark: Sequence[str]) -> int | None:
+    """The PID in `pidfile` if that process is alive and its command line carries `mark`.
+
+    The mark is unique to one machine (its pidfile's path, its folder), so a PID that
+    was reused, by another program or by another machine's process, is never taken
+    for this machine's own. Where the OS does not say (neither /proc nor macOS), a live
+    PID is trusted.
+    """
+    if isinstance(mark, str):
+        raise TypeError("a mark is a sequence of whole arguments, not one string")
     pid = read_pidfile(pidfile)
     if pid is None or not alive(pid):
         return None
-    argv = cmdline(pid)
-    if argv is not None and not any(marker in arg for arg in argv):
+    command = cmdline(pid)
+    if command is not None and not carries(command, mark):
         return None
     return pid
 

@@ -69,9 +69,17 @@ def test_explicit_loopback_publish_binds_loopback_and_needs_the_guest_rule() -> 
     assert forwards(data, forward_bind="0.0.0.0") == expected
 
 
-def test_ipv6_loopback_publish() -> None:
+def test_ipv6_loopback_publish_is_kept_as_asked_for_the_watcher_to_refuse() -> None:
+    """-p [::1]:H:C used to become a forward on 127.0.0.1 that reset every connection."""
     data = inspect({"80/tcp": [{"HostIp": "::1", "HostPort": "3106"}]}, {"80/tcp": [{"HostIp": "::1", "HostPort": "3106"}]})
-    assert forwards(data, forward_bind="0.0.0.0") == [("tcp", "127.0.0.1", 3106, 3106, True)]
+    assert forwards(data, forward_bind="0.0.0.0") == [("tcp", "::1", 3106, 3106, True)]
+
+
+def test_ipv4_and_ipv6_loopback_for_one_port_is_the_ipv4_forward() -> None:
+    both = [{"HostIp": "127.0.0.1", "HostPort": "3107"}, {"HostIp": "::1", "HostPort": "3107"}]
+    assert forwards(inspect({"80/tcp": both}, {"80/tcp": both})) == [("tcp", "127.0.0.1", 3107, 3107, True)]
+    backwards = list(reversed(both))
+    assert forwards(inspect({"80/tcp": backwards}, {"80/tcp": backwards})) == [("tcp", "127.0.0.1", 3107, 3107, True)]
 
 
 def test_explicit_any_address_publish_binds_every_interface() -> None:
@@ -282,6 +290,6 @@ def test_the_watcher_refuses_what_the_driver_does_not_declare(tmp_path) -> None:
     finally:
         watcher.close()
     assert driver.added == [fine.forward]
-    assert watcher.records[udp.forward.key].reason == "the stub driver cannot forward UDP"
-    assert watcher.records[wide.forward.key].reason == "the stub driver forwards on 127.0.0.1 only, not on every interface"
-    assert watcher.records[fine.forward.key].state == "active"
+    assert watcher.failures[(udp.forward.key, "c1")].reason == "the stub driver cannot forward UDP"
+    assert watcher.failures[(wide.forward.key, "c2")].reason == "the stub driver forwards on 127.0.0.1 only, not on every interface"
+    assert watcher.owners[fine.forward.key].state == "active"

@@ -521,11 +521,14 @@ def ports(ctx: typer.Context, name: str, fmt: str = typer.Option("table", "--for
     """List a machine's port forwards and the watcher's health."""
     _check_format(fmt, "ports", ("table", "json"))
     machine = _session(ctx).machine(name)
-    report = machine.watcher.report()
+    driver = None
     try:
-        machine.revive_watcher(machine.state())
+        driver = machine.driver()
+        machine.revive_watcher(driver.state())
     except MachineError:
         pass
+    # As of this call: a forward is active only while the VM runs and its port is held.
+    report = machine.watcher.report(driver)
     if fmt == "json":
         print(json.dumps(report, indent=2, sort_keys=True))
         return
@@ -534,7 +537,8 @@ def ports(ctx: typer.Context, name: str, fmt: str = typer.Option("table", "--for
     table = [("HOST", "GUEST", "PROTO", "CONTAINER", "STATE")]
     for f in report["forwards"]:
         state = f["state"] + (f" ({f['reason']})" if f.get("reason") else "")
-        table.append((f"{f['host_ip']}:{f['host_port']}", str(f["guest_port"]), f["protocol"], f["container"], state))
+        host_ip = f"[{f['host_ip']}]" if ":" in f["host_ip"] else f["host_ip"]
+        table.append((f"{host_ip}:{f['host_port']}", str(f["guest_port"]), f["protocol"], f["container"], state))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         print("   ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())

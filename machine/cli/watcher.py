@@ -1,9 +1,16 @@
-"""The forward watcher's process: `python -m pymachine.cli.watcher --storage-path DIR NAME`.
+"""The forward watcher's processes: `python -m pymachine.cli.watcher [--keep] --storage-path DIR NAME`.
 
-Started detached by pymachine.forwarding.process after a machine becomes ready. It
-holds the machine's watcher.lock for as long as it runs (so two never run), writes its
-pid to watcher.pid, logs to stderr (which the starter points at watcher.log), and
-leaves on SIGTERM. The loop itself is pymachine.forwarding.watcher.
+With --keep it is the keeper, started detached by pymachine.forwarding.process after a
+machine becomes ready: it holds watcher-keeper.lock (so two never run), writes
+watcher-keeper.pid, and runs the watcher as its child, starting it again within a
+second whenever it dies of anything but a clean exit (kill -9, a crash). On SIGTERM it
+stops the watcher and leaves. It imports nothing heavy and holds no connection, so
+there is little in it to fail.
+
+Without --keep it is the watcher: it holds the machine's watcher.lock for as long as it
+runs, writes its pid to watcher.pid, logs to stderr (which the starter points at
+watcher.log), and leaves on SIGTERM. The loop itself is pymachine.forwarding.watcher.
+Its exit status tells the keeper what to do (see pymachine.forwarding.process).
 """
 
 from __future__ import annotations
@@ -11,44 +18,127 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from pymachine.errors import MachineError
-from pymachine.forwarding.process import LOCKFILE, PIDFILE
-from pymachine.forwarding.watcher import Stop
-from pymachine.home import Home
+from pymachine.forwarding.process import (
+    EXIT_BUSY,
+    EXIT_DONE,
+    EXIT_GIVE_UP,
+    KEEPER_LOCKFILE,
+    KEEPER_PIDFILE,
+    LOCKFILE,
+    PIDFILE,
+    WatcherProcess,
+    watcher_argv,
+)
 from pymachine.locking import FileLock, LockBusy
-from pymachine.machine import Machine
 from pymachine.procs import read_pidfile
 from pymachine.store import atomic_write
 
 log = logging.getLogger("pymachine.watcher")
 
+#: The first restart comes this soon after a crash; quick repeated crashes back off up to
+#: RESTART_MAX, so a watcher that cannot live is not restarted in a tight loop.
+RESTART_PAUSE = 0.2
+RESTART_MAX = 3.0
+#: A watcher that ran this long before it died was not crashing in a loop.
+STABLE_AFTER = 10.0
+
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 3 or argv[0] != "--storage-path":
-        print("usage: python -m pymachine.cli.watcher --storage-path DIR NAME", file=sys.stderr)
+    keep = bool(argv) and argv[0] == "--keep"
+    args = argv[1:] if keep else argv
+    if len(args) != 3 or args[0] != "--storage-path":
+        print("usage: python -m pymachine.cli.watcher [--keep] --storage-path DIR NAME", file=sys.stderr)
         return 2
-    root, name = Path(argv[1]), argv[2]
+    root, name = Path(args[1]), args[2]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     logging.getLogger("paramiko").setLevel(logging.WARNING)
+    directory = root / "machines" / name
+    return run_keeper(directory) if keep else run_watcher(root, name)
+
+
+def run_keeper(directory: Path) -> int:
+    name = directory.name
+    lock = FileLock(directory / KEEPER_LOCKFILE)
+    try:
+        lock.acquire(timeout=0)
+    except LockBusy:
+        return EXIT_DONE  # another keeper looks after this machine
+    except FileNotFoundError:
+        return EXIT_GIVE_UP
+    atomic_write(directory / KEEPER_PIDFILE, f"{os.getpid()}\n", mode=0o644)
+    state: dict[str, Any] = {"stopping": False, "child": None}
+
+    def stop(signum: int, frame: Any) -> None:
+        state["stopping"] = True
+        child = state["child"]
+        if child is not None and child.poll() is None:
+            child.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    pause = RESTART_PAUSE
+    try:
+        while not state["stopping"] and directory.is_dir():
+            started = time.monotonic()
+            child = subprocess.Popen(watcher_argv(directory, keep=False), stdin=subprocess.DEVNULL, close_fds=True)
+            state["child"] = child
+            if state["stopping"]:
+                child.terminate()
+            code = child.wait()
+            state["child"] = None
+            if state["stopping"] or code in (EXIT_DONE, EXIT_GIVE_UP):
+                break
+            if code == EXIT_BUSY:
+                # A watcher the keeper did not start (its keeper died): look after that one.
+                _wait_while(lambda: WatcherProcess(directory.parent.parent, directory).pid() is not None, state)
+                continue
+            how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+            lived = time.monotonic() - started
+            pause = RESTART_PAUSE if lived >= STABLE_AFTER else min(pause * 2, RESTART_MAX)
+            log.warning("watcher for %s ended (%s) after %.1fs; its keeper starts it again in %.1fs", name, how, lived, pause)
+            _wait_while(lambda: True, state, pause)
+    finally:
+        if read_pidfile(directory / KEEPER_PIDFILE) == os.getpid():
+            (directory / KEEPER_PIDFILE).unlink(missing_ok=True)
+        lock.release()
+    return EXIT_DONE
+
+
+def _wait_while(condition: Any, state: dict[str, Any], limit: float | None = None) -> None:
+    deadline = None if limit is None else time.monotonic() + limit
+    while not state["stopping"] and condition():
+        if deadline is not None and time.monotonic() >= deadline:
+            return
+        time.sleep(0.1)
+
+
+def run_watcher(root: Path, name: str) -> int:
+    from pymachine.errors import MachineError
+    from pymachine.forwarding.watcher import Stop
+    from pymachine.home import Home
+    from pymachine.machine import Machine
+
     try:
         machine = Machine(Home(root), name)
     except MachineError as exc:
         log.error("watcher for %s cannot run: %s", name, exc)
-        return 1
+        return EXIT_GIVE_UP
     directory = machine.directory
     lock = FileLock(directory / LOCKFILE)
     try:
         lock.acquire(timeout=0)
     except LockBusy:
-        return 0  # another watcher runs for this machine
+        return EXIT_BUSY  # another watcher runs for this machine
     except FileNotFoundError:
         log.error("watcher for %s cannot run: the machine's folder is gone", name)
-        return 1
+        return EXIT_GIVE_UP
     atomic_write(directory / PIDFILE, f"{os.getpid()}\n", mode=0o644)
 
     def stop(signum: int, frame: Any) -> None:
@@ -65,14 +155,14 @@ def main(argv: list[str]) -> int:
         log.info("watcher for %s stopped", name)
     except MachineError as exc:
         log.error("watcher for %s cannot run: %s", name, exc)
-        return 1
+        return EXIT_GIVE_UP
     finally:
         if watcher is not None:
             watcher.close()
         if read_pidfile(directory / PIDFILE) == os.getpid():
             (directory / PIDFILE).unlink(missing_ok=True)
         lock.release()
-    return 0
+    return EXIT_DONE
 
 
 if __name__ == "__main__":

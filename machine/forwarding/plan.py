@@ -4,6 +4,7 @@ Binding rules (docs/port-forwarding.md):
     -p 127.0.0.1:H:C   host 127.0.0.1:H    (the user asked for loopback)
     -p 0.0.0.0:H:C     host 0.0.0.0:H      (the user asked for every interface)
     -p H:C, -P         host <forward_bind>:H, 127.0.0.1 unless the machine says 0.0.0.0
+    -p [::1]:H:C       host ::1:H, which the watcher refuses with the reason (IPv4 only)
 The guest side is always the port Docker bound in the guest (H), on the guest's address.
 A port bound to the guest's loopback only also needs a DNAT rule in the guest, because
 the hypervisor's NAT delivers to the guest's own address, not to 127.0.0.1.
@@ -19,6 +20,10 @@ from pymachine.driver import PortForward
 
 LOOPBACK_GUEST = ("127.0.0.1", "::1")
 ANY_GUEST = ("0.0.0.0", "::")
+#: -p [::1]:H:C asks for the host's IPv6 loopback, which no driver can forward (QEMU's
+#: user network takes IPv4 host addresses only): it is kept as asked, and the watcher
+#: marks it failed with the reason instead of quietly listening on 127.0.0.1.
+IPV6_LOOPBACK = "::1"
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,8 @@ def _host_ip(requested: str | None, forward_bind: str) -> str:
         return forward_bind
     if requested in ("0.0.0.0", "::"):
         return "0.0.0.0"
+    if requested == IPV6_LOOPBACK:
+        return IPV6_LOOPBACK
     return "127.0.0.1"
 
 
@@ -71,18 +78,24 @@ def wanted_from_inspect(data: dict[str, Any], forward_bind: str = "127.0.0.1") -
             key = forward.key
             loopback = guest_ip in LOOPBACK_GUEST
             if key in found:
-                # "0.0.0.0" and "::" for one port: one forward; any non-loopback wins.
-                loopback = loopback and found[key].guest_loopback
+                if forward.host_ip == IPV6_LOOPBACK and found[key].forward.host_ip != IPV6_LOOPBACK:
+                    continue  # -p 127.0.0.1:H:C -p [::1]:H:C: the IPv4 one is the forward
+                if found[key].forward.host_ip != IPV6_LOOPBACK:
+                    # "0.0.0.0" and "::" for one port: one forward; any non-loopback wins.
+                    loopback = loopback and found[key].guest_loopback
             found[key] = WantedForward(forward, container_id, name, loopback)
     return [found[k] for k in sorted(found)]
 
 
 def _asked_ip(asked: list[dict[str, Any]], host_port: str, guest_ip: str) -> str | None:
     """The HostIp the user gave for this port, or None when they gave none (-P, bare -p)."""
-    for binding in asked:
-        wanted_port = str(binding.get("HostPort") or "")
-        if wanted_port == host_port or _in_range(host_port, wanted_port):
-            return binding.get("HostIp") or ""
+    matching = [b for b in asked if str(b.get("HostPort") or "") == host_port or _in_range(host_port, str(b.get("HostPort") or ""))]
+    # One port asked for on two addresses (-p 127.0.0.1:H:C -p [::1]:H:C): this binding's own.
+    for binding in matching:
+        if (binding.get("HostIp") or "") == guest_ip:
+            return guest_ip
+    for binding in matching:
+        return binding.get("HostIp") or ""
     # A random port (-p IP::C): only the binding made for that address, so that
     # `-p 0.0.0.0::80 -p 3001:80` does not widen 3001 to every interface.
     for binding in asked:

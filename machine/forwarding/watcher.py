@@ -27,12 +27,11 @@ from typing import Any
 
 from pymachine.driver import Driver, Feature, PortForward, State
 from pymachine.errors import MachineError, PortUnavailable
-from pymachine.forwarding.plan import WantedForward, plan, wanted_from_inspect
-from pymachine.forwarding.process import MARKER, PIDFILE, STATE_FILE
+from pymachine.forwarding.plan import IPV6_LOOPBACK, WantedForward, plan, wanted_from_inspect
+from pymachine.forwarding.process import STATE_FILE, WatcherProcess
 from pymachine.guest.certs import CertPaths
 from pymachine.guest.dockerapi import DockerAPI
 from pymachine.guest.ssh import GuestSSH
-from pymachine.procs import running_from
 from pymachine.store import Store, atomic_write
 
 log = logging.getLogger("pymachine.watcher")
@@ -77,12 +76,22 @@ class ForwardWatcher:
         self.api = DockerAPI(endpoint.host, endpoint.port, certs, timeout=10)
         self.inspect_api = DockerAPI(endpoint.host, endpoint.port, certs, timeout=10)
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="inspect")
-        self.records: dict[tuple[str, int], Record] = {}
+        #: who holds each host port: one active forward per (protocol, host port)
+        self.owners: dict[tuple[str, int], Record] = {}
+        #: claims that did not get their host port, by (protocol, host port) and container
+        self.failures: dict[tuple[tuple[str, int], str], Record] = {}
+        #: the reason last logged for each failed claim
+        self._logged: dict[tuple[tuple[str, int], str], str] = {}
         self.pending: dict[str, Future[list[WantedForward]]] = {}
         self.loopback: set[tuple[str, int]] = set()
         self.health: dict[str, Any] = {"state": "starting", "since": _now()}
         self.lock = threading.Lock()
         self._ssh: Any = None
+
+    def records(self) -> list[Record]:
+        """Every forward, active and failed, in host port order (what forwards.json lists)."""
+        rows = [((key, ""), r) for key, r in self.owners.items()] + [((key, cid), r) for (key, cid), r in self.failures.items()]
+        return [r for _, r in sorted(rows, key=lambda row: row[0])]
 
     # -- loop ------------------------------------------------------------------------
 
@@ -103,6 +112,10 @@ class ForwardWatcher:
             except Exception as exc:  # noqa: BLE001 - the watcher must outlive any one failure
                 if self._machine_gone():
                     log.info("machine %s is not running any more; the watcher ends", self.name)
+                    with self.lock:
+                        # Its forwards went with the VM (or are stale settings): none is active.
+                        self.owners, self.failures = {}, {}
+                    self._health("stopped", detail="the machine is not running", since=_now())
                     return
                 idle = type(exc).__name__ in ("ReadTimeout", "ConnectionError") and "Read timed out" in str(exc)
                 if idle:
@@ -177,23 +190,38 @@ class ForwardWatcher:
     # -- changes -----------------------------------------------------------------------
 
     def reconcile(self) -> None:
-        """Make the forwards match the running containers, whatever happened before."""
-        wanted: list[WantedForward] = []
+        """Make the forwards match the running containers, whatever happened before.
+
+        Where two containers claim one host port, the one that holds it keeps it; when
+        none does (a new watcher), the older container gets it. The other is failed.
+        """
+        claims: list[tuple[Any, str, WantedForward]] = []
         for summary in self.api.containers():
             data = self.api.inspect(summary["Id"])
             if data and (data.get("State") or {}).get("Running"):
-                wanted.extend(wanted_from_inspect(data, self.forward_bind))
+                for item in wanted_from_inspect(data, self.forward_bind):
+                    claims.append((summary.get("Created") or 0, summary["Id"], item))
+        wanted = [item for _, _, item in sorted(claims, key=lambda c: (c[0], c[1]))]
         actual = self.driver.list_forwards()
-        changes = plan(wanted, actual)
         with self.lock:
+            chosen: dict[tuple[str, int], WantedForward] = {}
+            for item in wanted:
+                owner = self.owners.get(item.forward.key)
+                if owner is not None and (owner.wanted.container_id, owner.wanted.forward) == (item.container_id, item.forward):
+                    chosen[item.forward.key] = item
+            for item in wanted:
+                chosen.setdefault(item.forward.key, item)
+            losers = [item for item in wanted if chosen[item.forward.key] is not item]
+            changes = plan(chosen.values(), actual)
             for forward in changes.remove:
                 self._driver_remove(forward)
+            adding = {w.forward.key for w in changes.add}
             present = {f.key for f in actual} - {f.key for f in changes.remove}
-            self.records = {}
-            for item in wanted:
-                if item.forward.key in present and item.forward.key not in {w.forward.key for w in changes.add}:
-                    self.records[item.forward.key] = Record(item, "active")
+            self.owners = {key: Record(item, "active") for key, item in chosen.items() if key in present and key not in adding}
+            self.failures = {}
             for item in changes.add:
+                self._add(item)
+            for item in losers:
                 self._add(item)
         self._sync_loopback(force=True)
         self._save()
@@ -202,52 +230,79 @@ class ForwardWatcher:
 
     def _apply_container(self, container: str, wanted: list[WantedForward]) -> None:
         with self.lock:
-            current = {k: r for k, r in self.records.items() if r.wanted.container_id == container}
             desired = {w.forward.key: w for w in wanted}
-            for key, record in current.items():
-                if key not in desired or record.wanted.forward != desired[key].forward:
-                    if record.state == "active":
-                        self._driver_remove(record.wanted.forward)
-                    del self.records[key]
+            freed = []
+            for key, record in list(self.owners.items()):
+                if record.wanted.container_id == container and (key not in desired or record.wanted.forward != desired[key].forward):
+                    self._driver_remove(record.wanted.forward)
+                    del self.owners[key]
+                    freed.append(key)
+            for key, owner_id in list(self.failures):
+                if owner_id == container and key not in desired:
+                    del self.failures[(key, owner_id)]
             for key, item in desired.items():
-                if key in self.records and self.records[key].wanted.container_id == container:
+                owner = self.owners.get(key)
+                if owner is not None and owner.wanted.container_id == container:
+                    self.owners[key] = Record(item, "active")
                     continue
                 self._add(item)
+            self._promote(freed)
         self._sync_loopback()
 
     def _add(self, item: WantedForward) -> None:
+        """Claim the host port for `item`: it becomes the owner, or a failure with the reason.
+        An owner is never displaced by a later claim."""
         key = item.forward.key
-        other = self.records.get(key)
-        if other is not None and other.wanted.container_id != item.container_id:
-            if other.state == "active":
-                self.records[key] = Record(item, "failed", f"host port already forwarded for container {other.wanted.container_name}")
-                return
+        owner = self.owners.get(key)
+        if owner is not None and owner.wanted.container_id != item.container_id:
+            forward = item.forward
+            self._fail(item, f"host port {forward.host_port}/{forward.protocol} already forwarded for container {owner.wanted.container_name}")
+            return
         refused = self._refused(item.forward)
         if refused:
-            self.records[key] = Record(item, "failed", refused)
-            log.warning("forward %s for %s refused: %s", item.forward, item.container_name, refused)
+            self._fail(item, refused)
             return
-        owner = _other_machine_with(self.store, self.name, key)
-        if owner:
-            self.records[key] = Record(item, "failed", f"host port {item.forward.host_port} is forwarded by machine '{owner}'")
-            log.warning("forward %s for %s: taken by machine %s", item.forward, item.container_name, owner)
+        other = _other_machine_with(self.store, self.name, key)
+        if other:
+            self._fail(item, f"host port {item.forward.host_port} is forwarded by machine '{other}'")
             return
         try:
             self.driver.add_forward(item.forward)
         except PortUnavailable as exc:
-            reason = _busy_reason(item.forward, str(exc))
-            self.records[key] = Record(item, "failed", reason)
-            log.warning("forward %s for %s failed: %s", item.forward, item.container_name, reason)
+            self._fail(item, _busy_reason(item.forward, str(exc)))
             return
         except MachineError as exc:
-            self.records[key] = Record(item, "failed", str(exc))
-            log.warning("forward %s for %s failed: %s", item.forward, item.container_name, exc)
+            self._fail(item, str(exc))
             return
-        self.records[key] = Record(item, "active")
+        self.owners[key] = Record(item, "active")
+        self.failures.pop((key, item.container_id), None)
+        self._logged.pop((key, item.container_id), None)
         log.info("forward %s for %s added", item.forward, item.container_name)
+
+    def _fail(self, item: WantedForward, reason: str) -> None:
+        claim = (item.forward.key, item.container_id)
+        self.failures[claim] = Record(item, "failed", reason)
+        # Once per claim and reason: a start is applied twice (from create's inspect, then
+        # start's), and every reconcile tries failed forwards again.
+        if self._logged.get(claim) != reason:
+            self._logged[claim] = reason
+            log.warning("forward %s for %s failed: %s", item.forward, item.container_name, reason)
+
+    def _promote(self, keys: list[tuple[str, int]]) -> None:
+        """Host ports given up by their owner go to a container still waiting for them."""
+        for key in keys:
+            for (failed_key, _), record in list(self.failures.items()):
+                if failed_key != key or key in self.owners:
+                    continue
+                self._add(record.wanted)
 
     def _refused(self, forward: PortForward) -> str:
         """Why this driver cannot make the forward at all ("" when it can)."""
+        if forward.host_ip == IPV6_LOOPBACK:
+            return (
+                f"IPv6 host address ::1 cannot be forwarded: the {self.driver.name} driver forwards IPv4 host addresses only"
+                f" (QEMU's user network refuses them); publish with -p 127.0.0.1:{forward.host_port}:PORT"
+            )
         if forward.protocol == "udp" and not self.driver.supports(Feature.UDP_FORWARDS):
             return f"the {self.driver.name} driver cannot forward UDP"
         if forward.host_ip == "0.0.0.0" and not self.driver.supports(Feature.ANY_HOST_ADDRESS):
@@ -257,14 +312,21 @@ class ForwardWatcher:
     def _remove_container(self, container: str) -> None:
         changed = False
         with self.lock:
-            for key, record in list(self.records.items()):
+            freed = []
+            for key, record in list(self.owners.items()):
                 if record.wanted.container_id != container:
                     continue
-                if record.state == "active":
-                    self._driver_remove(record.wanted.forward)
-                    log.info("forward %s for %s removed", record.wanted.forward, record.wanted.container_name)
-                del self.records[key]
+                self._driver_remove(record.wanted.forward)
+                log.info("forward %s for %s removed", record.wanted.forward, record.wanted.container_name)
+                del self.owners[key]
+                freed.append(key)
                 changed = True
+            for key, owner_id in list(self.failures):
+                if owner_id == container:
+                    del self.failures[(key, owner_id)]
+                    changed = True
+            self._logged = {claim: reason for claim, reason in self._logged.items() if claim[1] != container}
+            self._promote(freed)
         if changed:
             self._sync_loopback()
 
@@ -278,7 +340,7 @@ class ForwardWatcher:
 
     def _sync_loopback(self, force: bool = False) -> None:
         """DNAT rules in the guest for ports Docker bound to the guest's loopback only."""
-        wanted = {(r.wanted.forward.protocol, r.wanted.forward.host_port) for r in self.records.values() if r.state == "active" and r.wanted.guest_loopback}
+        wanted = {(r.wanted.forward.protocol, r.wanted.forward.host_port) for r in self.owners.values() if r.wanted.guest_loopback}
         if wanted == self.loopback and not (force and wanted):
             return
         rules = "".join(
@@ -320,7 +382,7 @@ class ForwardWatcher:
                     "state": r.state,
                     "reason": r.reason,
                 }
-                for _, r in sorted(self.records.items())
+                for r in self.records()
             ]
         data = {"watcher": {**self.health, "pid": os.getpid(), "updated": _now()}, "forwards": forwards}
         atomic_write(self.directory / STATE_FILE, json.dumps(data, indent=2, sort_keys=True), mode=0o644)
@@ -360,6 +422,6 @@ def _other_machine_with(store: Store, me: str, key: tuple[str, int]) -> str | No
             continue
         for item in data.get("forwards", []):
             if item.get("state") == "active" and (item.get("protocol"), item.get("host_port")) == key:
-                if running_from(directory / PIDFILE, MARKER) is not None:
+                if WatcherProcess(store.root, directory).pid() is not None:
                     return name
     return None

@@ -21,8 +21,9 @@ Output shapes, from macOS and from public reports of them:
   only the Executable line.
 - `ps -axo pid=,comm=` prints each process's PID right-aligned in five columns, a space,
   and `comm`, which on macOS is the executable's whole path (spaces included, not cut at
-  16 characters as on Linux); `ps -o args= -p PID` prints its command line joined with
-  spaces, and nothing (exit 1) for a PID that does not exist.
+  16 characters as on Linux); `ps -o args= -p PID` (or `-o command=`, the same column)
+  prints its command line joined with spaces, and nothing (exit 1) for a PID that does
+  not exist.
 - `sw_vers` prints `ProductName:`, `ProductVersion:` and `BuildVersion:` lines (two tabs
   after the first two names, one after the last, as macOS 11 and later do);
   `sw_vers -productVersion` prints the version alone.
@@ -196,13 +197,14 @@ def tree(entitlements: dict[str, Any]) -> str:
 
 
 def ps(data: dict[str, Any], args: list[str]) -> int:
-    """The two forms the hypervisor guard uses: `-axo pid=,comm=` and `-o args= -p PID`."""
+    """The forms pymachine uses: `-axo pid=,comm=`, and `-o args= -p PID` or `-o command= -p PID`."""
     processes = data.get("processes", [])
     if args == ["-axo", "pid=,comm="]:
         for proc in [{"pid": 1, "comm": "/sbin/launchd", "args": "/sbin/launchd"}, *processes]:
             sys.stdout.write(f"{proc['pid']:>5} {proc['comm']}\n")
         return 0
-    if len(args) == 4 and args[:2] == ["-o", "args="] and args[2] == "-p" and args[3].isdigit():
+    # `args` and `command` are one column on macOS: the command line joined with spaces.
+    if len(args) == 4 and args[0] == "-o" and args[1] in ("args=", "command=") and args[2] == "-p" and args[3].isdigit():
         found = [p for p in processes if p["pid"] == int(args[3])]
         if not found:
             return 1

@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from parallels_model import PROCESS_STATES, FakeParallels  # noqa: E402
+from parallels_model import PROCESS_STATES, FakeParallels, listen  # noqa: E402
 
 NOT_FOUND = "Failed to get VM config: The virtual machine could not be found. The virtual machine is not registered in the virtual machine directory on your Mac."
 FAILURE = 255
@@ -601,7 +601,13 @@ def _net_set(data: dict[str, Any], name: str, args: list[str]) -> None:
         if rule_name in rules:
             raise Failure(f"The rule with '{rule_name}' name already exists!")
         rules[rule_name] = {"source port": int(src), "destination IP/VM id": dest, "destination port": int(dest_port)}
+    added = [(proto, rule) for proto, rules in (("tcp", tcp), ("udp", udp)) for rule in rules if rule not in net[proto]]
+    removed = [f"{proto}/{rule}" for proto, rules in (("tcp", tcp), ("udp", udp)) for rule in net[proto] if rule not in rules]
     net["tcp"], net["udp"] = tcp, udp
+    for key in removed:
+        net.get("listening", {}).pop(key, None)
+    for proto, rule in added:
+        listen(net, proto, rule)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,16 @@ prints `edition="pro"` among key=value lines; a missing VM is
 `Failed to get VM config: The virtual machine could not be found. ...` (exit 255);
 `prlctl list -a -j` is `[{"uuid","status","ip_configured","name"}]` with the uuid in
 braces; statuses are running, paused, suspended, stopping, stopped; NAT rules are
-global to the network, `--nat-tcp-add NAME,SRC_PORT,VM_ID,DEST_PORT`, a duplicate name
+global to the network, `--nat-tcp-add NAME,SRC_PORT,VM_ID,DEST_PORT` (a rule has no host
+address: it listens on every interface of the Mac), a duplicate name
 is `The rule with 'NAME' name already exists!`, and `prlsrvctl net info Shared --json`
 lists them under "NAT server" / "TCP rules" / "UDP rules" by name with "source port",
 "destination IP/VM id" and "destination port".
+
+A rule's listener is opened when the rule is added. When its port is taken then (a
+program on this Mac holds it on any address, found by really trying to bind it), the
+fake, like Parallels' NAT as far as its tools show, accepts the rule and says nothing:
+the rule just never carries traffic.
 
 The statuses are prlctl's own words, from vmstate2str() in prlctl's sources
 (OpenVZ/prlctl src/Utils.cpp), not the driver's tables. The host has an architecture
@@ -145,17 +151,24 @@ class FakeParallels:
         """A rule someone made outside pymachine (another VM's, or by hand)."""
         with self.transaction() as data:
             data["networks"][network][protocol][name] = {"source port": src_port, "destination IP/VM id": dest, "destination port": dest_port}
+            listen(data["networks"][network], protocol, name)
 
-    def forward_works(self, name: str, protocol: str, host_port: int, guest_port: int, network: str = "Shared") -> bool:
-        """What the real host would show: a running VM whose guest booted, that a rule of
-        that port points at. A VM that booted nothing answers on no port."""
+    def forward_works(self, name: str, protocol: str, host_port: int, guest_port: int, network: str = "Shared", host_ip: str = "127.0.0.1") -> bool:
+        """What the real host would show for a connection to host_ip:host_port: a running VM
+        whose guest booted, that a rule of that port points at, if the rule got its port
+        when it was added. Any host_ip: a rule listens on every interface. A VM that booted
+        nothing answers on no port."""
         vm = self.vm(name)
         if vm is None or vm["status"] != "running" or not vm.get("booted"):
             return False
         ids = {vm["uuid"], vm["uuid"].strip("{}")}
+        listening = self.read()["networks"][network].get("listening", {})
         return any(
-            rule["source port"] == host_port and rule["destination port"] == guest_port and rule["destination IP/VM id"] in ids
-            for rule in self.rules(network)[protocol].values()
+            rule["source port"] == host_port
+            and rule["destination port"] == guest_port
+            and rule["destination IP/VM id"] in ids
+            and listening.get(f"{protocol}/{rule_name}", False)
+            for rule_name, rule in self.rules(network)[protocol].items()
         )
 
     def console(self, name: str) -> str:
@@ -185,3 +198,21 @@ class FakeParallels:
     def log(self, argv: list[str]) -> None:
         with open(self.log_path, "a") as handle:
             handle.write(json.dumps(argv) + "\n")
+
+
+def listen(net: dict[str, Any], protocol: str, name: str) -> None:
+    """Parallels' NAT opens the new rule's listener on every interface, or silently fails to."""
+    import socket
+
+    port = int(net[protocol][name]["source port"])
+    kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
+    taken = any(other != name and net.get("listening", {}).get(f"{protocol}/{other}") and int(rule["source port"]) == port for other, rule in net[protocol].items())
+    if not taken:
+        with socket.socket(socket.AF_INET, kind) as sock:
+            if protocol == "tcp":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                taken = True
+    net.setdefault("listening", {})[f"{protocol}/{name}"] = not taken

@@ -19,6 +19,13 @@ not run them ("Cannot run the machine because its platform architecture x86 is n
 supported on ARM", VBOX_E_PLATFORM_ARCH_NOT_SUPPORTED, seen in user reports of
 startvm). A VM that starts boots only what its firmware can start from its DVDs (see
 bootmedia.py); otherwise its console says so and nothing answers on its forwards.
+
+A NAT rule listens on its host address (127.0.0.1, or every interface for an empty one
+or 0.0.0.0) from the moment the VM starts, or from its `controlvm natpf1` while the VM
+runs. As the real VirtualBox does, the fake accepts a rule whose host port is taken (by
+a program on this host, found by really trying to bind it, or by another running VM's
+rule) and does not report it: the rule just never carries traffic (VirtualBox only
+writes "NAT: failed to redirect" to the VM's log).
 """
 
 from __future__ import annotations
@@ -181,6 +188,7 @@ class Host:
         if state not in LIVE_STATES:
             machine["acpi_pressed"] = None
             machine["booted"] = False
+            machine.pop("listening", None)  # the VM process and its sockets are gone
 
     def new_machine(self, name: str, base_folder: str, ostype: str = "Other", platform: str = "x86") -> dict[str, Any]:
         """createMachine: an unregistered machine with VirtualBox's defaults."""
@@ -232,7 +240,7 @@ class Host:
     def save_settings(self, machine: dict[str, Any]) -> None:
         settings = Path(machine["settings_file"])
         if settings.parent.is_dir():
-            settings.write_text(json.dumps({k: v for k, v in machine.items() if k != "acpi_pressed"}, indent=1))
+            settings.write_text(json.dumps({k: v for k, v in machine.items() if k not in ("acpi_pressed", "listening")}, indent=1))
 
     def write_lock(self, machine: dict[str, Any]) -> None:
         """LockMachine(LockType_Write): refused while a VM process (or anyone) holds it."""
@@ -310,6 +318,10 @@ class Host:
                     path = attachment["medium"]
                     raise VBoxFault(VBOX_E_FILE_ERROR, f"Could not open the medium '{path}'. VD: error VERR_FILE_NOT_FOUND opening image file '{path}' (VERR_FILE_NOT_FOUND)", "MediumWrap", "IMedium")
         self.set_state(machine, "running")
+        machine["listening"] = {}
+        for nic in machine["nics"].values():
+            for rule in nic["rules"]:
+                self._listen(machine, rule)
         if self.boot_medium(machine) is None:
             # The VM runs, but its firmware found nothing to start: no guest, no SSH.
             kind = self.firmware_kind(machine)
@@ -463,6 +475,30 @@ class Host:
         nic["rules"].append({**rule, "name": name})
         # VirtualBox keeps the rules in a map by name: they come back sorted.
         nic["rules"].sort(key=lambda r: r["name"])
+        if self.has_console(machine):
+            self._listen(machine, {**rule, "name": name})
+
+    def _listen(self, machine: dict[str, Any], rule: dict[str, Any]) -> None:
+        """The VM process binds the rule's host address and port, or silently fails to."""
+        address = rule.get("host_ip") or "0.0.0.0"
+        taken = not _bindable(rule["proto"], address, int(rule["host_port"])) or any(
+            other is not machine and self._holds(other, rule["proto"], address, int(rule["host_port"])) for other in self.machines()
+        )
+        machine.setdefault("listening", {})[rule["name"]] = not taken
+
+    def _holds(self, machine: dict[str, Any], protocol: str, address: str, port: int) -> bool:
+        """True if this VM's process listens on that port, on an address that overlaps."""
+        if not self.has_console(machine):
+            return False
+        listening = machine.get("listening") or {}
+        for nic in machine["nics"].values():
+            for rule in nic["rules"]:
+                mine = rule.get("host_ip") or "0.0.0.0"
+                if not listening.get(rule["name"]) or rule["proto"] != protocol or int(rule["host_port"]) != port:
+                    continue
+                if "0.0.0.0" in (mine, address) or mine == address:
+                    return True
+        return False
 
     def add_shared_folder(self, machine: dict[str, Any], name: str, host_path: str, writable: bool) -> None:
         """createSharedFolder: a permanent share; names are unique per machine."""
@@ -477,6 +513,7 @@ class Host:
         if len(kept) == len(nic["rules"]):
             raise VBoxFault(E_INVALIDARG, "", "NATEngineWrap", "INATEngine", extended=False)
         nic["rules"] = kept
+        (machine.get("listening") or {}).pop(name, None)
 
 
 class FakeVirtualBox:
@@ -541,14 +578,21 @@ class FakeVirtualBox:
             machine = next(m for m in host.machines() if m["name"] == name)
             host.add_rule(machine, "1", rule)
 
-    def forward_works(self, name: str, protocol: str, host_port: int, guest_port: int) -> bool:
-        """What the real host would show: a running VM whose guest booted, with that rule,
-        carries the traffic. A VM that booted nothing answers on no port."""
+    def forward_works(self, name: str, protocol: str, host_port: int, guest_port: int, host_ip: str = "127.0.0.1") -> bool:
+        """What the real host would show for a connection to host_ip:host_port: a running VM
+        whose guest booted carries it if a rule of that port listens there (its address is
+        host_ip, or every interface) and got its port when it was made live. A VM that
+        booted nothing answers on no port."""
         machine = self.machine(name)
         if machine is None or machine["state"] != "running" or not machine.get("booted"):
             return False
+        listening = machine.get("listening") or {}
         return any(
-            r["proto"] == protocol and r["host_port"] == host_port and r["guest_port"] == guest_port
+            r["proto"] == protocol
+            and r["host_port"] == host_port
+            and r["guest_port"] == guest_port
+            and (r.get("host_ip") or "0.0.0.0") in ("0.0.0.0", host_ip)
+            and listening.get(r["name"], False)
             for nic in machine["nics"].values()
             for r in nic["rules"]
         )
@@ -571,6 +615,22 @@ class FakeVirtualBox:
     def log(self, argv: list[str]) -> None:
         with open(self.log_path, "a") as handle:
             handle.write(json.dumps(argv) + "\n")
+
+
+def _bindable(protocol: str, address: str, port: int) -> bool:
+    """True if a process on this host could bind address:port now, as the VM process must.
+    VirtualBox's NAT sets SO_REUSEADDR on its TCP listeners, so TIME_WAIT does not count."""
+    import socket
+
+    kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as sock:
+        if protocol == "tcp":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address, port))
+        except OSError:
+            return False
+    return True
 
 
 def _mac() -> str:
