@@ -46,6 +46,8 @@ class Session:
     """One run of the CLI: the storage path the root options chose, and its Home."""
 
     storage: str | None = None
+    #: the command being run, for the lock it takes (`stop` waits "for `create` to finish")
+    command: str = ""
     _home: Home | None = None
 
     @property
@@ -53,7 +55,7 @@ class Session:
         if self._home is None:
             from pymachine.home import Home
 
-            self._home = Home.from_environment(self.storage, progress=TerminalProgress())
+            self._home = Home.from_environment(self.storage, progress=TerminalProgress(), command=self.command)
         return self._home
 
     @property
@@ -92,6 +94,7 @@ def root(
 ) -> None:
     session = _session(ctx)
     session.storage = storage_path
+    session.command = ctx.invoked_subcommand or ""
     session._home = None
     setup_logging(session.debug_log, debug)
 
