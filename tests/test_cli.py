@@ -486,3 +486,13 @@ def test_doctor_tells_this_stores_machines_from_other_vms(storage: Path, capsys:
         for proc in procs:
             proc.kill()
             proc.wait()
+
+
+def test_create_of_an_existing_running_machine_names_env_not_start(storage: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from pymachine.driver import State
+    from pymachine.machine import Machine
+
+    add_machine(storage, "dev", status=STATUS_READY)
+    monkeypatch.setattr(Machine, "state", lambda self: State.RUNNING)
+    line = assert_one_line_error(*cli(capsys, "create", "dev"))
+    assert line == "Error: Machine 'dev' already exists and is running. Run `eval $(pymachine env dev)` to use it, or `pymachine rm dev` first to make it anew"
