@@ -127,7 +127,7 @@ def test_unknown_machine(args: list[str], storage: Path, capsys: pytest.CaptureF
         (["create", "x", "-d", "parallels", "--mount", "/"], "Error: The parallels driver cannot share host folders with amd64 guests yet. Run `pymachine create` without --mount, or use -d qemu"),
         (["rm", "ghost"], "Error: Machine 'ghost' does not exist. Run `pymachine ls`"),
         (["active"], "Error: No machine is active. Run `eval $(pymachine env NAME)` or `pymachine use NAME`"),
-        (["env", "--shell", "ksh", "x"], "Error: Unknown shell 'ksh' (known: bash, zsh, sh, fish, powershell, cmd, tcsh, emacs). Run `pymachine env --help`"),
+        (["env", "--shell", "nu", "x"], "Error: Unknown shell 'nu' (known: bash, zsh, sh, fish, powershell, cmd, tcsh, emacs). Run `pymachine env --help`"),
     ],
 )
 def test_user_errors_are_one_line_with_the_next_command(args: list[str], line: str | None, storage: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -530,8 +530,13 @@ def ports(ctx: typer.Context, name: str, fmt: str = typer.Option("table", "--for
         machine.revive_watcher(driver.state())
     except MachineError:
         pass
-    # As of this call: a forward is active only while the VM runs and its port is held.
+    # As of this call: a forward is active only while the VM runs and its port is held;
+    # a watcher this call (or its keeper) just started gets a moment to say how it is.
     report = machine.watcher.report(driver)
+    deadline = time.monotonic() + 3.0
+    while report["watcher"]["state"] == "starting" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        report = machine.watcher.report(driver)
     if fmt == "json":
         print(json.dumps(report, indent=2, sort_keys=True))
         return
