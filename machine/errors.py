@@ -39,11 +39,17 @@ class MachineNotFound(MachineError):
 class MachineExists(MachineError):
     """`create` for a name already taken."""
 
-    def __init__(self, name: str) -> None:
-        super().__init__(
-            f"Machine '{name}' already exists",
-            f"Run `pymachine start {name}`, or `pymachine rm {name}` first to make it anew",
-        )
+    def __init__(self, name: str, running: bool = False) -> None:
+        if running:
+            super().__init__(
+                f"Machine '{name}' already exists and is running",
+                f"Run `eval $(pymachine env {name})` to use it, or `pymachine rm {name}` first to make it anew",
+            )
+        else:
+            super().__init__(
+                f"Machine '{name}' already exists",
+                f"Run `pymachine start {name}`, or `pymachine rm {name}` first to make it anew",
+            )
 
 
 class MachineStateError(MachineError):

@@ -31,13 +31,19 @@ class Home:
     progress: Progress = field(default_factory=Progress)
     cache: Path | None = None
     ssh_factory: Callable[[SSHTarget], GuestSSH] = GuestSSH
+    #: the command this run serves (`create`, `stop` ...), named to a command that waits for it
+    command: str = ""
 
     def __post_init__(self) -> None:
         # Absolute: the paths given to QEMU and the watcher are how their processes are
         # recognised later, from whatever folder the next command runs in.
         self.root = Path(self.root).expanduser().absolute()
         self.cache = Path(self.cache).expanduser() if self.cache else self.root / "cache"
-        self.store = Store(self.root)
+        self.store = Store(self.root, self.command, on_wait=self._waiting)
+
+    def _waiting(self, name: str, command: str) -> None:
+        holder = f"`{command}`" if command else "another pymachine command"
+        self.progress.note(f"Machine '{name}' is busy: waiting for {holder} to finish")
 
     @classmethod
     def from_environment(cls, storage_path: str | None = None, **kwargs) -> Home:

@@ -101,6 +101,12 @@ class Machines:
             raise MachineNotFound(name)
         return machine
 
+    def _running(self, name: str) -> bool:
+        try:
+            return Machine(self.home, name).state() == State.RUNNING
+        except MachineError:
+            return False
+
     def names(self) -> list[str]:
         return self.store.names()
 
@@ -110,7 +116,7 @@ class Machines:
         """Make a machine from nothing to a Docker daemon answering over TLS."""
         validate_name(name)
         if self.store.exists(name):
-            raise MachineExists(name)
+            raise MachineExists(name, running=self._running(name))
         if options.cpus < 1 or options.memory_mb < 256 or options.disk_mb < 1024:
             raise MachineError("A machine needs at least 1 CPU, 256 MB of memory and a 1024 MB disk", "Run `pymachine create --help`")
         check_machine_size(options.cpus, options.memory_mb, options.disk_mb)

@@ -170,9 +170,13 @@ def _fsync_dir(directory: Path) -> None:
 class Store:
     """Machines on disk, one folder each."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, command: str = "", on_wait: Callable[[str, str], None] | None = None) -> None:
         self.root = Path(root)
         self.machines_dir = self.root / "machines"
+        #: the command this process runs, left in a machine's lock while it holds it
+        self.command = command
+        #: told (machine, command holding it) when a machine's lock must be waited for
+        self.on_wait = on_wait
 
     def machine_dir(self, name: str) -> Path:
         return self.machines_dir / validate_name(name)
@@ -336,11 +340,13 @@ class Store:
         if not directory.is_dir():
             raise MachineNotFound(name)
         lock = FileLock(directory / ".lock")
+        on_wait = (lambda holder: self.on_wait(name, _command_of(holder))) if self.on_wait else None
         try:
-            lock.acquire(timeout)
-        except LockBusy:
+            lock.acquire(timeout, holder=f"{self.command or 'pymachine'} {os.getpid()}", on_wait=on_wait)
+        except LockBusy as busy:
+            command = _command_of(str(busy))
             raise StoreError(
-                f"Machine '{name}' is busy with another pymachine command",
+                f"Machine '{name}' is busy with another pymachine command" + (f" (`{command}`)" if command else ""),
                 f"Wait for it to finish, then run `pymachine status {name}`",
             ) from None
         except FileNotFoundError:
@@ -430,3 +436,9 @@ def _type_name(hint: Any) -> str:
     if origin is dict:
         return "an object"
     return {int: "a number", str: "a string", bool: "true or false"}.get(hint, str(hint))
+
+
+def _command_of(holder: str) -> str:
+    """"create 4242" (what a lock holder leaves) -> "create"; "" when unknown."""
+    words = holder.split()
+    return " ".join(words[:-1]) if len(words) >= 2 and words[-1].isdigit() else ""

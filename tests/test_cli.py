@@ -127,7 +127,7 @@ def test_unknown_machine(args: list[str], storage: Path, capsys: pytest.CaptureF
         (["create", "x", "-d", "parallels", "--mount", "/"], "Error: The parallels driver cannot share host folders with amd64 guests yet. Run `pymachine create` without --mount, or use -d qemu"),
         (["rm", "ghost"], "Error: Machine 'ghost' does not exist. Run `pymachine ls`"),
         (["active"], "Error: No machine is active. Run `eval $(pymachine env NAME)` or `pymachine use NAME`"),
-        (["env", "--shell", "ksh", "x"], "Error: Unknown shell 'ksh' (known: bash, zsh, sh, fish, powershell, cmd, tcsh, emacs). Run `pymachine env --help`"),
+        (["env", "--shell", "nu", "x"], "Error: Unknown shell 'nu' (known: bash, zsh, sh, fish, powershell, cmd, tcsh, emacs). Run `pymachine env --help`"),
     ],
 )
 def test_user_errors_are_one_line_with_the_next_command(args: list[str], line: str | None, storage: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -486,3 +486,13 @@ def test_doctor_tells_this_stores_machines_from_other_vms(storage: Path, capsys:
         for proc in procs:
             proc.kill()
             proc.wait()
+
+
+def test_create_of_an_existing_running_machine_names_env_not_start(storage: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from pymachine.driver import State
+    from pymachine.machine import Machine
+
+    add_machine(storage, "dev", status=STATUS_READY)
+    monkeypatch.setattr(Machine, "state", lambda self: State.RUNNING)
+    line = assert_one_line_error(*cli(capsys, "create", "dev"))
+    assert line == "Error: Machine 'dev' already exists and is running. Run `eval $(pymachine env dev)` to use it, or `pymachine rm dev` first to make it anew"

@@ -168,3 +168,21 @@ def test_a_vm_that_stops_while_booting_fails_at_once_not_after_the_ssh_timeout(t
             time.sleep(0.05)
     assert str(caught.value) == "The VM of machine 'dev' stopped while it was booting. Run `pymachine logs dev` to see how far it got"
     assert time.monotonic() - started < 1.5
+
+
+def test_a_command_that_waits_for_a_machines_lock_says_for_which_command(tmp_path: Path) -> None:
+    """`stop` during `create` waited seven silent seconds: now it says what it waits for,
+    and a wait that runs out names the command still holding the machine."""
+    creating = Home(tmp_path / "home", command="create")
+    with creating.store.reserve(MachineConfig(name="dev", driver="qemu")):
+        progress = RecordingProgress()
+        stopping = Home(tmp_path / "home", progress=progress, command="stop")
+        with pytest.raises(StoreError) as caught, stopping.store.lock("dev", timeout=0.3):
+            pass
+    assert ("note", "Machine 'dev' is busy: waiting for `create` to finish") in progress.events
+    assert str(caught.value) == "Machine 'dev' is busy with another pymachine command (`create`). Wait for it to finish, then run `pymachine status dev`"
+    # free again: taken at once, and no note
+    quiet = RecordingProgress()
+    with Home(tmp_path / "home", progress=quiet, command="start").store.lock("dev", timeout=0.3):
+        pass
+    assert quiet.events == []

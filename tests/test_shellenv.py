@@ -271,7 +271,8 @@ def test_machine_not_ready_is_one_line_naming_the_next_command(status: str, erro
     code, out, err = fast(capsys, ["--storage-path", str(tmp_path), "env", "dev"])
     assert code == 1
     assert out == ""
-    assert err == f"Error: Machine 'dev' is not ready ({reason}). Run `pymachine provision dev`, or `pymachine rm dev` and create it again\n"
+    # stopped: `provision` would only say "not running"; `start` provisions it
+    assert err == f"Error: Machine 'dev' is not ready ({reason}). Run `pymachine start dev` (it provisions it), or `pymachine rm dev` and create it again\n"
     assert slow(capsys, ["--storage-path", str(tmp_path), "env", "dev"]) == (1, "", err)
 
 
@@ -279,7 +280,7 @@ def test_ready_machine_without_a_docker_port_is_not_ready(tmp_path: Path, capsys
     make_machine(tmp_path, docker_port=0)
     code, _, err = fast(capsys, ["--storage-path", str(tmp_path), "env", "dev"])
     assert code == 1
-    assert "is not ready" in err and "`pymachine provision dev`" in err
+    assert "is not ready" in err and "`pymachine start dev`" in err  # stopped: start provisions it
 
 
 def test_unknown_and_half_created_machines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -494,3 +495,21 @@ def test_env_for_two_machines_in_turn_then_unset(program: str, shell: str, form:
     assert err == ""
     assert after["REQUESTS_CA_BUNDLE"] == str(system)
     assert "PYMACHINE_SAVED_REQUESTS_CA_BUNDLE" not in after and "DOCKER_HOST" not in after
+
+
+def test_env_of_a_running_machine_in_error_names_provision(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from pymachine.driver import State
+    from pymachine.machine import Machine
+
+    make_machine(tmp_path, status="error", error="provisioning failed: dockerd did not start")
+    monkeypatch.setattr(Machine, "state", lambda self: State.RUNNING)
+    code, out, err = fast(capsys, ["--storage-path", str(tmp_path), "env", "dev"])
+    assert (code, out) == (1, "")
+    assert err.endswith("Run `pymachine provision dev`, or `pymachine rm dev` and create it again\n")
+
+
+def test_csh_is_taken_for_tcsh_as_shell_detection_takes_it(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = fast(capsys, ["--storage-path", str(home), "env", "--shell", "csh", "dev"])
+    assert code == 0, err
+    assert out == fast(capsys, ["--storage-path", str(home), "env", "--shell", "tcsh", "dev"])[1]
+    assert "setenv DOCKER_HOST" in out

@@ -46,6 +46,8 @@ class Session:
     """One run of the CLI: the storage path the root options chose, and its Home."""
 
     storage: str | None = None
+    #: the command being run, for the lock it takes (`stop` waits "for `create` to finish")
+    command: str = ""
     _home: Home | None = None
 
     @property
@@ -53,7 +55,7 @@ class Session:
         if self._home is None:
             from pymachine.home import Home
 
-            self._home = Home.from_environment(self.storage, progress=TerminalProgress())
+            self._home = Home.from_environment(self.storage, progress=TerminalProgress(), command=self.command)
         return self._home
 
     @property
@@ -92,6 +94,7 @@ def root(
 ) -> None:
     session = _session(ctx)
     session.storage = storage_path
+    session.command = ctx.invoked_subcommand or ""
     session._home = None
     setup_logging(session.debug_log, debug)
 
@@ -527,8 +530,13 @@ def ports(ctx: typer.Context, name: str, fmt: str = typer.Option("table", "--for
         machine.revive_watcher(driver.state())
     except MachineError:
         pass
-    # As of this call: a forward is active only while the VM runs and its port is held.
+    # As of this call: a forward is active only while the VM runs and its port is held;
+    # a watcher this call (or its keeper) just started gets a moment to say how it is.
     report = machine.watcher.report(driver)
+    deadline = time.monotonic() + 3.0
+    while report["watcher"]["state"] == "starting" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        report = machine.watcher.report(driver)
     if fmt == "json":
         print(json.dumps(report, indent=2, sort_keys=True))
         return

@@ -79,7 +79,7 @@ def render_env(storage: str | None, name: str | None, shell: str | None, unset: 
     config = store.load(name)
     if config.status != STATUS_READY or not config.docker_port:
         reason = config.error or f"status {config.status}"
-        raise MachineError(f"Machine '{name}' is not ready ({reason})", f"Run `pymachine provision {name}`, or `pymachine rm {name}` and create it again")
+        raise MachineError(f"Machine '{name}' is not ready ({reason})", _not_ready_hint(storage, name))
     directory = store.machine_dir(name)
     # The one liveness check cheap enough for env: a crashed watcher is started again.
     from pymachine.forwarding.process import revive_if_crashed
@@ -90,3 +90,20 @@ def render_env(storage: str | None, name: str | None, shell: str | None, unset: 
     if no_proxy:
         assignments.append(shellenv.no_proxy_value())
     return shellenv.render(assignments, [], shell), shellenv.usage_hint(name, shell, False)
+
+
+def _not_ready_hint(storage: str | None, name: str) -> str:
+    """What to run for a machine that is not ready: `provision` only helps one that runs;
+    a stopped one is provisioned by `start`. (Off the fast path: this is an error.)"""
+    from pymachine.driver import State
+    from pymachine.errors import MachineError
+    from pymachine.home import Home
+    from pymachine.machine import Machine
+
+    try:
+        running = Machine(Home.from_environment(storage), name).state() == State.RUNNING
+    except MachineError:
+        running = False
+    if running:
+        return f"Run `pymachine provision {name}`, or `pymachine rm {name}` and create it again"
+    return f"Run `pymachine start {name}` (it provisions it), or `pymachine rm {name}` and create it again"

@@ -27,7 +27,13 @@ def detect_shell(environ: dict[str, str] | None = None) -> str:
     return "bash"
 
 
+#: Names a user may give --shell for a family above: csh is what $SHELL=/bin/csh (tcsh
+#: on most systems) is detected as too.
+SHELL_ALIASES = {"csh": "tcsh", "pwsh": "powershell", "dash": "sh", "ksh": "sh"}
+
+
 def check_shell(shell: str) -> str:
+    shell = SHELL_ALIASES.get(shell, shell)
     if shell not in SHELLS:
         raise MachineError(f"Unknown shell '{shell}' (known: {', '.join(SHELLS)})", "Run `pymachine env --help`")
     return shell

@@ -133,9 +133,15 @@ class WatcherProcess:
         watcher = dict(data.get("watcher") or {})
         pid = self.pid()
         if pid is None:
-            watcher = {"state": "not running", "detail": "it starts with the machine, and its keeper restarts it; `pymachine ports` starts it if the machine runs"}
+            if self.keeper_pid() is not None:
+                # revived by this very command, or restarted by its keeper a moment ago
+                watcher = {"state": "starting", "detail": "its keeper is starting it"}
+            else:
+                watcher = {"state": "not running", "detail": "it runs while the machine runs"}
+        elif watcher.get("pid") != pid or watcher.get("state") == "stopped":
+            # forwards.json still holds what the previous watcher last wrote
+            watcher = {"state": "starting", "pid": pid}
         else:
-            watcher["pid"] = pid
             watcher.setdefault("state", "starting")
         forwards = [dict(item) for item in data.get("forwards", []) if isinstance(item, dict)]
         if driver is not None:

@@ -15,7 +15,8 @@ from pathlib import Path
 from pymachine.store import STATUS_READY, MachineConfig, Store
 
 #: Written by every command, whatever happens: not part of what must not change.
-VOLATILE = ("debug.log", "debug.log.1")
+#: Logs, and the machine lock's label (who holds it now): neither is the user's data.
+VOLATILE = ("debug.log", "debug.log.1", ".lock")
 
 
 def store_digest(root: Path, skip: tuple[str, ...] = VOLATILE) -> str:

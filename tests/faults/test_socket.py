@@ -32,13 +32,14 @@ FOREIGN_UID = 65534
 
 
 def tree_digest(root: Path) -> str:
-    """One hash of every path, mode and content under `root` but the debug log: equal
-    means nothing was changed."""
+    """One hash of every path, mode and content under `root` but the debug log (and the
+    machine lock's label, which names the command that held it last): equal means
+    nothing was changed."""
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*")):
-        if path.name == "debug.log":
-            continue
         info = path.lstat()
+        if path.name in ("debug.log", ".lock"):
+            continue
         digest.update(f"{path.relative_to(root)} {stat.S_IMODE(info.st_mode):o} {stat.S_IFMT(info.st_mode)}\n".encode())
         if path.is_file() and not path.is_symlink():
             digest.update(path.read_bytes())

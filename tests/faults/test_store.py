@@ -136,7 +136,7 @@ def storage(tmp_path: Path) -> Path:
 
 
 #: What a running machine changes by itself: the watcher's files, the VM's console and logs.
-RUNNING_FILES = (*VOLATILE, "watcher.log", "watcher.lock", "watcher.pid", "forwards.json", "serial.log", "Logs")
+RUNNING_FILES = (*VOLATILE, "watcher.log", "watcher.lock", "watcher.pid", "watcher-keeper.lock", "watcher-keeper.pid", "forwards.json", "serial.log", "Logs")
 
 
 def machine_digest(folder: Path) -> dict[str, str]:
