@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from common import Bench, free_port, http_ok, program, refused, save, summary, wait
 
@@ -124,6 +126,37 @@ def send_all(port: int, size: int, results: dict) -> None:
         results["seconds"] = time.monotonic() - start
 
 
+def qemu_cpu(pid: int | None) -> dict[int, float]:
+    """CPU seconds used so far by each thread of QEMU's process (Linux only: {} elsewhere).
+    The first thread is QEMU's main loop, where its user-mode network stack (slirp) runs;
+    under TCG the others are mostly the vCPUs."""
+    if pid is None:
+        return {}
+    tick = os.sysconf("SC_CLK_TCK")
+    used: dict[int, float] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return {}
+    for tid in tids:
+        try:
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        used[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
+    return used
+
+
+def cpu_cost(pid: int | None, before: dict[int, float], megabytes: float) -> dict | None:
+    """QEMU's CPU milliseconds per MB moved since `before`: in all, and in the main loop.
+    Unlike MB/s, this hardly moves when other work on the host takes CPU time away."""
+    after = qemu_cpu(pid)
+    if not after or not megabytes:
+        return None
+    spent = {tid: after[tid] - before.get(tid, 0.0) for tid in after}
+    return {"all": round(sum(spent.values()) * 1000 / megabytes, 1), "main_loop": round(spent.get(pid, 0.0) * 1000 / megabytes, 1)}
+
+
 def _upload_works(port: int) -> bool:
     try:
         send_all(port, 1 << 20, {})
@@ -157,19 +190,26 @@ def throughput(bench: Bench, env: dict, megabytes: int) -> dict:
         ]
     )
     size = megabytes << 20
+    pidfile = machine_dir / "qemu.pid"
+    pid = int(pidfile.read_text()) if pidfile.exists() else None
     result: dict = {"megabytes": megabytes}
     try:
         wait(lambda: http_ok(tunnel_down, 1.0), timeout=30, interval=0.1)
         wait(lambda: _upload_works(tunnel_up), timeout=30, interval=0.1)
         for direction, move, ports in (("download", receive_all, (down, tunnel_down)), ("upload", send_all, (up, tunnel_up))):
             rates: dict[str, list[float]] = {"forward": [], "ssh": []}
+            costs: dict[str, list[dict]] = {"forward": [], "ssh": []}
             for _ in range(3):
                 for path, port in zip(("forward", "ssh"), ports):
                     run: dict = {}
+                    before = qemu_cpu(pid)
                     move(port, size, run)
+                    cost = cpu_cost(pid, before, run["bytes"] / 1e6)
                     time.sleep(0.5)  # the upload receiver (one nc per connection) listens again
                     if run["bytes"] >= size:
                         rates[path].append(run["bytes"] / run["seconds"] / 1e6)
+                        if cost:
+                            costs[path].append(cost)
             forward, ssh = statistics.median(rates["forward"]), statistics.median(rates["ssh"])
             result[direction] = {
                 "forward_MBps": round(forward, 2),
@@ -178,6 +218,16 @@ def throughput(bench: Bench, env: dict, megabytes: int) -> dict:
                 "forward_runs_MBps": [round(r, 2) for r in rates["forward"]],
                 "ssh_runs_MBps": [round(r, 2) for r in rates["ssh"]],
             }
+            if costs["forward"] and costs["ssh"]:
+                cost_forward = statistics.median(c["all"] for c in costs["forward"])
+                cost_ssh = statistics.median(c["all"] for c in costs["ssh"])
+                result[direction] |= {
+                    "forward_qemu_cpu_ms_per_MB": cost_forward,
+                    "ssh_qemu_cpu_ms_per_MB": cost_ssh,
+                    "cost_ratio": round(cost_ssh / cost_forward, 2),
+                    "forward_main_loop_cpu_ms_per_MB": statistics.median(c["main_loop"] for c in costs["forward"]),
+                    "ssh_main_loop_cpu_ms_per_MB": statistics.median(c["main_loop"] for c in costs["ssh"]),
+                }
     finally:
         tunnel.terminate()
         tunnel.wait(10)
