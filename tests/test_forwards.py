@@ -9,7 +9,10 @@ shows there twice, for 0.0.0.0 and ::).
 from __future__ import annotations
 
 import json
+import os
+import platform
 import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -562,14 +565,82 @@ def test_the_scanner_applies_each_snapshot_and_follows_the_settings() -> None:
         assert not scanner.thread.is_alive()
 
 
-def test_the_guest_script_reads_the_socket_tables_and_names_the_process() -> None:
-    """The parts of the script the host can check without a guest: the tables it reads,
-    TCP's LISTEN and UDP's unconnected states, and a snapshot only on change."""
-    for table in ("/proc/net/tcp", "/proc/net/tcp6", "/proc/net/udp", "/proc/net/udp6"):
-        assert table in GUEST_SCRIPT
-    assert '$4 == "0A"' in GUEST_SCRIPT and '$4 == "07"' in GUEST_SCRIPT
-    assert 'if [ "$cur" != "$prev" ]' in GUEST_SCRIPT
-    assert "usleep 300000" in GUEST_SCRIPT
+def guest_busybox(tmp_path: Path) -> Path:
+    """A bin folder of the boot image's own busybox (the guest's sh, awk, ls, sort, usleep)."""
+    from .conftest import image_cache
+
+    busybox = image_cache() / "image-work" / "amd64" / "tree" / "busybox-static" / "usr" / "bin" / "busybox"
+    if not busybox.exists() or platform.machine() != "x86_64":
+        pytest.skip(f"the boot image's busybox is not unpacked in {image_cache()} (`pymachine image build`)")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for applet in ("sh", "awk", "sort", "ls", "usleep", "cat"):
+        (bin_dir / applet).symlink_to(busybox)
+    return bin_dir
+
+
+def next_snapshot(stream) -> list[str]:
+    lines = []
+    for line in stream:
+        if line.strip() == ".":
+            return lines
+        lines.append(line.strip())
+    raise AssertionError("the script ended")
+
+
+def test_the_guest_script_under_the_guests_busybox_sees_listeners_come_and_go(tmp_path: Path) -> None:
+    """The script as the guest runs it (its busybox), on this host's socket tables."""
+    bin_dir = guest_busybox(tmp_path)
+    tcp = socket.socket()
+    tcp.bind(("127.0.0.1", 0))
+    tcp.listen()
+    udp = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    udp.bind(("::", 0))
+    ports = {("tcp", tcp.getsockname()[1]), ("udp", udp.getsockname()[1])}
+    script = subprocess.Popen([str(bin_dir / "sh"), "-c", GUEST_SCRIPT], stdout=subprocess.PIPE, text=True, env={"PATH": str(bin_dir)})
+    try:
+        assert script.stdout is not None
+        first = [item for item in parse_snapshot(next_snapshot(script.stdout)) if (item.protocol, item.port) in ports]
+        assert {(item.protocol, item.port, item.address, item.pid) for item in first} == {
+            ("tcp", tcp.getsockname()[1], "loopback", os.getpid()),
+            ("udp", udp.getsockname()[1], "any", os.getpid()),
+        }
+        assert all(item.process.startswith("python") for item in first)
+        tcp.close()
+        started = time.monotonic()
+        second = [item for item in parse_snapshot(next_snapshot(script.stdout)) if (item.protocol, item.port) in ports]
+        assert [(item.protocol, item.port) for item in second] == [("udp", udp.getsockname()[1])]
+        assert time.monotonic() - started < 1.0, "the change took a second or more to show"
+    finally:
+        script.kill()
+        script.wait()
+        udp.close()
+
+
+def test_the_guest_script_ends_when_its_session_does(tmp_path: Path) -> None:
+    """Run by a parent (dropbear's session) that dies: the loop ends within a moment."""
+    bin_dir = guest_busybox(tmp_path)
+    parent = subprocess.Popen(
+        [str(bin_dir / "sh"), "-c", 'sh -c "$S" >/dev/null & echo $!; wait'], stdout=subprocess.PIPE, text=True, env={"PATH": str(bin_dir), "S": GUEST_SCRIPT}
+    )
+    assert parent.stdout is not None
+    loop = int(parent.stdout.readline())
+    time.sleep(0.5)
+    assert Path(f"/proc/{loop}").exists()
+    parent.kill()
+    parent.wait()
+
+    def ended() -> bool:
+        try:
+            return Path(f"/proc/{loop}/stat").read_text().split()[2] == "Z"
+        except OSError:
+            return True
+
+    try:
+        assert wait_until(ended, timeout=3), "the guest's scan outlived its SSH session"
+    finally:
+        if not ended():
+            os.kill(loop, 9)
 
 
 def test_an_old_config_gets_listener_forwarding_on_and_no_ignored_ports(tmp_path: Path) -> None:

@@ -57,11 +57,15 @@ _LOOPBACK6 = "00000000000000000000000001000000"
 # "PROTO ADDR:PORT INODE PID COMM" (PID "-" and COMM "?" when no process holds it any
 # more), ended by a line ".". The first snapshot comes at once, later ones only when the
 # set of sockets changed; the process lookup (one `ls -l` of every /proc/PID/fd) runs
-# only then.
+# only then. The loop ends by itself when its SSH session does.
 GUEST_SCRIPT = r"""
 export LC_ALL=C
 prev=x
 while :; do
+  # The watcher gone (its SSH session closed, this shell handed to init): end, rather than
+  # loop on until the next change finds the channel closed.
+  read -r _ _ _ ppid _ < /proc/$$/stat
+  [ "$ppid" = "$PPID" ] || exit 0
   cur=$(awk 'FNR > 1 { n = split(FILENAME, p, "/"); proto = p[n]
       if ((proto ~ /^tcp/ && $4 == "0A") || (proto ~ /^udp/ && $4 == "07" && $3 ~ /:0000$/)) print proto, $2, $10 }' \
       /proc/net/tcp /proc/net/tcp6 /proc/net/udp /proc/net/udp6 2>/dev/null | sort -u)
