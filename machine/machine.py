@@ -604,7 +604,7 @@ class Machine:
     def set_listener_forwarding(self, enabled: bool | None = None, ignore: list[str] | None = None, unignore: list[str] | None = None) -> None:
         """Turn listener forwarding on or off and change the ignored ports, in config.json;
         a running watcher picks it up within about a second."""
-        from pymachine.machines import normalize_ignore_ports
+        from pymachine.forwarding.listeners import normalize_ignore_ports
 
         with self.changing():
             config = self.config

@@ -124,6 +124,8 @@ class Machines:
             raise MachineError(f"--forward-bind takes 127.0.0.1 or 0.0.0.0, not '{options.forward_bind}'", "Run `pymachine create --help`")
         if options.forward_bind == "0.0.0.0" and not cls.supports(Feature.ANY_HOST_ADDRESS):
             raise MachineError(f"The {cls.name} driver forwards on 127.0.0.1 only", "Run `pymachine create` without --forward-bind")
+        from pymachine.forwarding.listeners import normalize_ignore_ports
+
         ignore_ports = normalize_ignore_ports(options.ignore_ports, "--ignore-port", "pymachine create --help")
         driver_options = cls.options_class.parse(options.driver_options)
         arch = self._guest_arch(cls, driver_options, options.arch)
@@ -240,18 +242,3 @@ def _in_thread(fn: Any, *args: Any) -> Future:
     threading.Thread(target=run, daemon=True).start()
     return future
 
-
-def normalize_ignore_ports(specs: list[str], option: str, help_command: str) -> list[str]:
-    """`--ignore-port` values as the config keeps them: "8080", "8080/tcp" or "53/udp"."""
-    from pymachine.forwarding.listeners import parse_ignore_port
-
-    normal: list[str] = []
-    for spec in specs:
-        try:
-            port, protocols = parse_ignore_port(spec)
-        except ValueError:
-            raise MachineError(f"{option} takes PORT, PORT/tcp or PORT/udp (1-65535), not '{spec}'", f"Run `{help_command}`") from None
-        text = str(port) if len(protocols) == 2 else f"{port}/{protocols[0]}"
-        if text not in normal:
-            normal.append(text)
-    return normal

@@ -696,3 +696,15 @@ def test_ports_shows_where_each_forward_came_from(tmp_path: Path, monkeypatch: p
     out = capsys.readouterr().out
     assert "FROM" in out.splitlines()[0]
     assert "container web" in out and "listener python3 (pid 42)" in out
+
+
+def test_create_refuses_a_bad_ignore_port_before_anything_is_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], restored_logging) -> None:
+    from pymachine.cli.main import run_cli
+
+    root = tmp_path / "home"
+    monkeypatch.setenv("PYMACHINE_STORAGE_PATH", str(root))
+    monkeypatch.setenv("PYMACHINE_CACHE_PATH", str(tmp_path / "empty-cache"))
+    assert run_cli(["create", "dev", "--ignore-port", "70000/tcp"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "Error: --ignore-port takes PORT, PORT/tcp or PORT/udp (1-65535), not '70000/tcp'. Run `pymachine create --help`"
+    assert not (root / "machines" / "dev").exists()

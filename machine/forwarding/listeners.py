@@ -127,6 +127,20 @@ def parse_ignore_port(spec: str) -> tuple[int, tuple[str, ...]]:
     return int(number), (protocol,) if protocol else ("tcp", "udp")
 
 
+def normalize_ignore_ports(specs: list[str], option: str, help_command: str) -> list[str]:
+    """`--ignore-port` values as the config keeps them: "8080", "8080/tcp" or "53/udp"."""
+    normal: list[str] = []
+    for spec in specs:
+        try:
+            port, protocols = parse_ignore_port(spec)
+        except ValueError:
+            raise MachineError(f"{option} takes PORT, PORT/tcp or PORT/udp (1-65535), not '{spec}'", f"Run `{help_command}`") from None
+        text = str(port) if len(protocols) == 2 else f"{port}/{protocols[0]}"
+        if text not in normal:
+            normal.append(text)
+    return normal
+
+
 def parse_snapshot(lines: Iterable[str]) -> list[Listener]:
     """The guest script's lines of one snapshot (without the final ".") as listeners."""
     found = []
