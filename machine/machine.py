@@ -601,6 +601,37 @@ class Machine:
         driver = self.driver(role="watcher")
         return ForwardWatcher(self.name, self.directory, driver, self.config.forward_bind, lambda: self.ssh(driver), self.home.store)
 
+    def set_listener_forwarding(self, enabled: bool | None = None, ignore: list[str] | None = None, unignore: list[str] | None = None) -> None:
+        """Turn listener forwarding on or off and change the ignored ports, in config.json;
+        a running watcher picks it up within about a second."""
+        from pymachine.forwarding.listeners import normalize_ignore_ports
+
+        with self.changing():
+            config = self.config
+            if enabled is not None:
+                config.listener_forwarding = enabled
+            ports = list(config.ignore_ports)
+            for spec in normalize_ignore_ports(ignore or [], "--ignore", "pymachine ports --help"):
+                if spec not in ports:
+                    ports.append(spec)
+            gone = set(normalize_ignore_ports(unignore or [], "--unignore", "pymachine ports --help"))
+            config.ignore_ports = [spec for spec in ports if spec not in gone]
+            self.save()
+
+    def listener_scanner(self, watcher: Any) -> Any:
+        """The guest-listener scan that feeds `watcher` (pymachine.forwarding.listeners).
+
+        Its settings are read from config.json again about once a second, so turning
+        listener forwarding off or ignoring a port applies to the running watcher.
+        """
+        from pymachine.forwarding.listeners import ListenerScanner, ListenerSettings, apply_listener_forwards
+
+        def settings() -> ListenerSettings:
+            config = self.home.store.load(self.name)
+            return ListenerSettings.from_config(config.listener_forwarding, config.ignore_ports)
+
+        return ListenerScanner(lambda: self.ssh(watcher.driver), lambda wanted: apply_listener_forwards(watcher, wanted), settings, self.config.forward_bind)
+
     # -- queries ------------------------------------------------------------------------
 
     def state(self) -> State:

@@ -48,6 +48,10 @@ class CreateOptions:
     registry_mirrors: list[str] = field(default_factory=list)
     driver_options: dict[str, str] = field(default_factory=dict)
     forward_bind: str = "127.0.0.1"
+    #: forward ports the guest's processes listen on (`--no-listener-forwarding` turns it off)
+    listener_forwarding: bool = True
+    #: `--ignore-port` values: guest ports never forwarded as listeners
+    ignore_ports: list[str] = field(default_factory=list)
     #: `--mount` values; None shares the home folder where the driver can, [] shares nothing
     mounts: list[str] | None = None
     force: bool = False
@@ -126,6 +130,9 @@ class Machines:
             raise MachineError(f"--forward-bind takes 127.0.0.1 or 0.0.0.0, not '{options.forward_bind}'", "Run `pymachine create --help`")
         if options.forward_bind == "0.0.0.0" and not cls.supports(Feature.ANY_HOST_ADDRESS):
             raise MachineError(f"The {cls.name} driver forwards on 127.0.0.1 only", "Run `pymachine create` without --forward-bind")
+        from pymachine.forwarding.listeners import normalize_ignore_ports
+
+        ignore_ports = normalize_ignore_ports(options.ignore_ports, "--ignore-port", "pymachine create --help")
         driver_options = cls.options_class.parse(options.driver_options)
         arch = self._guest_arch(cls, driver_options, options.arch)
         mounts = resolve_mounts(options.mounts, cls.supports(Feature.SHARED_FOLDERS, arch), cls.name, arch)
@@ -156,6 +163,8 @@ class Machines:
             insecure_registries=list(options.insecure_registries),
             registry_mirrors=list(options.registry_mirrors),
             forward_bind=options.forward_bind,
+            listener_forwarding=options.listener_forwarding,
+            ignore_ports=ignore_ports,
             mounts=[m.as_dict() for m in mounts],
             status=STATUS_CREATING,
             created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -238,3 +247,4 @@ def _in_thread(fn: Any, *args: Any) -> Future:
 
     threading.Thread(target=run, daemon=True).start()
     return future
+

@@ -112,6 +112,10 @@ class MachineConfig:
     docker_port: int = 0
     #: host address for a bare `-p H:C`; 0.0.0.0 gives Docker's own (wider) default
     forward_bind: str = "127.0.0.1"
+    #: forward the ports processes in the guest listen on (not only Docker's published ones)
+    listener_forwarding: bool = True
+    #: guest ports never forwarded as listeners: "PORT" (tcp and udp), "PORT/tcp", "PORT/udp"
+    ignore_ports: list[str] = field(default_factory=list)
     #: host folders shared into the guest, as Mount.as_dict()
     mounts: list[dict[str, Any]] = field(default_factory=list)
     status: str = STATUS_CREATING

@@ -8,12 +8,32 @@ shows there twice, for 0.0.0.0 and ::).
 
 from __future__ import annotations
 
+import json
+import os
+import platform
+import socket
+import subprocess
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pymachine.driver import PortForward
+from pymachine.forwarding.listeners import (
+    GUEST_SCRIPT,
+    ListenerScanner,
+    ListenerSettings,
+    apply_listener_forwards,
+    parse_snapshot,
+    wanted_from_listeners,
+)
 from pymachine.forwarding.plan import Plan, WantedForward, plan, wanted_from_inspect
+from pymachine.forwarding.process import STATE_FILE
+from pymachine.forwarding.watcher import ForwardWatcher
+from pymachine.store import MachineConfig, Store
+
+from .faults.test_forwarding import FakeDockerAPI, GuestShell, RecordingDriver, container
 
 CONTAINER_ID = "4f1c2e9d8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e"
 
@@ -293,3 +313,398 @@ def test_the_watcher_refuses_what_the_driver_does_not_declare(tmp_path) -> None:
     assert watcher.failures[(udp.forward.key, "c1")].reason == "the stub driver cannot forward UDP"
     assert watcher.failures[(wide.forward.key, "c2")].reason == "the stub driver forwards on 127.0.0.1 only, not on every interface"
     assert watcher.owners[fine.forward.key].state == "active"
+
+
+# -- guest listeners (pymachine.forwarding.listeners) -------------------------------------
+
+# One snapshot as the guest script prints it: "PROTO ADDR:PORT INODE PID COMM". The
+# addresses are /proc/net's, little-endian hex: 0100007F is 127.0.0.1.
+SNAPSHOT = """\
+tcp 00000000:0016 3101 512 dropbear
+tcp6 00000000000000000000000000000000:0948 4210 640 dockerd
+tcp 0100007F:8B3D 4388 655 containerd
+tcp 00000000:1F90 9001 901 httpd
+tcp6 00000000000000000000000000000000:1F90 9002 901 httpd
+tcp 0100007F:1F91 9010 910 python3
+tcp6 00000000000000000000000001000000:1F92 9020 920 node
+tcp6 0000000000000000FFFF00000100007F:1F93 9030 930 java
+tcp 0F02000A:1F94 9040 940 nc.openbsd
+udp 00000000:0044 3200 300 udhcpc
+udp 00000000:14E9 9050 950 nc.openbsd
+tcp 00000000:2328 9060 - ?
+tcp 00000000:1F98 9070 960 docker-proxy
+""".splitlines()
+
+
+def test_a_snapshot_parses_into_listeners() -> None:
+    listeners = parse_snapshot(SNAPSHOT)
+    by_port = {(item.protocol, item.port, item.address) for item in listeners}
+    assert ("tcp", 8080, "any") in by_port
+    assert ("tcp", 8081, "loopback") in by_port
+    assert ("tcp", 8082, "loopback6") in by_port
+    assert ("tcp", 8083, "loopback") in by_port  # ::ffff:127.0.0.1 is the IPv4 loopback
+    assert ("tcp", 8084, "other") in by_port  # 10.0.2.15 only
+    assert ("udp", 5353, "any") in by_port
+    http = next(item for item in listeners if item.port == 8080)
+    assert (http.pid, http.process) == (901, "httpd")
+    orphan = next(item for item in listeners if item.port == 9000)
+    assert (orphan.pid, orphan.process) == (None, "?")
+
+
+def test_listeners_want_forwards_on_the_machines_forward_bind_and_never_the_guests_own() -> None:
+    wanted = {w.forward.key: w for w in wanted_from_listeners(parse_snapshot(SNAPSHOT), "127.0.0.1", ListenerSettings())}
+    # dropbear's 22, dockerd's 2376, containerd, udhcpc, docker-proxy (a published port): none.
+    assert sorted(wanted) == [("tcp", 8080), ("tcp", 8081), ("tcp", 8083), ("tcp", 9000), ("udp", 5353)]
+    assert wanted[("tcp", 8080)].forward == PortForward("tcp", "127.0.0.1", 8080, 8080)
+    assert wanted[("tcp", 8080)].guest_loopback is False
+    assert wanted[("tcp", 8080)].container_name == "httpd (pid 901)"
+    assert wanted[("tcp", 8080)].source == "listener"
+    # Bound to the guest's 127.0.0.1 only: it needs the DNAT rule to 127.0.0.1.
+    assert wanted[("tcp", 8081)].guest_loopback is True
+    assert wanted[("tcp", 8083)].guest_loopback is True
+    wide = wanted_from_listeners(parse_snapshot(SNAPSHOT), "0.0.0.0", ListenerSettings())
+    assert {w.forward.host_ip for w in wide} == {"0.0.0.0"}
+
+
+def test_the_guests_service_ports_are_never_listener_forwards_whoever_holds_them() -> None:
+    lines = ["tcp 00000000:0016 1 77 sshd", "tcp 00000000:0948 2 78 socat", "udp 00000000:0044 3 79 dhclient"]
+    assert wanted_from_listeners(parse_snapshot(lines), "127.0.0.1", ListenerSettings()) == []
+
+
+def test_listener_forwarding_off_and_ignored_ports() -> None:
+    listeners = parse_snapshot(SNAPSHOT)
+    assert wanted_from_listeners(listeners, "127.0.0.1", ListenerSettings(enabled=False)) == []
+    settings = ListenerSettings.from_config(True, ["8080", "5353/udp", "8081/udp", "not-a-port"])
+    keys = {w.forward.key for w in wanted_from_listeners(listeners, "127.0.0.1", settings)}
+    assert ("tcp", 8080) not in keys and ("udp", 5353) not in keys
+    assert ("tcp", 8081) in keys  # only its udp side was ignored
+
+
+def listener_world(tmp_path: Path, driver=None):
+    directory = tmp_path / "machines" / "dev"
+    directory.mkdir(parents=True)
+    driver, shell = driver or RecordingDriver(), GuestShell()
+    watcher = ForwardWatcher("dev", directory, driver, "127.0.0.1", lambda: shell, Store(tmp_path))  # type: ignore[arg-type]
+    return watcher, driver, shell
+
+
+def recorded(watcher: ForwardWatcher) -> list[tuple[str, int, str, str, str]]:
+    data = json.loads((watcher.directory / STATE_FILE).read_text())
+    return [(f["protocol"], f["host_port"], f["source"], f["container"], f["state"]) for f in data["forwards"]]
+
+
+def test_a_listener_gets_its_forward_and_loses_it_when_it_goes(tmp_path: Path) -> None:
+    watcher, driver, shell = listener_world(tmp_path)
+    try:
+        up = parse_snapshot(["tcp 00000000:1F90 1 901 httpd", "tcp 0100007F:1F91 2 910 python3"])
+        apply_listener_forwards(watcher, wanted_from_listeners(up, "127.0.0.1", ListenerSettings()))
+        assert set(driver.forwards) == {PortForward("tcp", "127.0.0.1", 8080, 8080), PortForward("tcp", "127.0.0.1", 8081, 8081)}
+        assert recorded(watcher) == [("tcp", 8080, "listener", "httpd (pid 901)", "active"), ("tcp", 8081, "listener", "python3 (pid 910)", "active")]
+        # The loopback-only one is reached through the DNAT rule; the other needs none.
+        assert "--dport 8081 -j DNAT --to-destination 127.0.0.1:8081" in shell.scripts[-1]
+        assert "--dport 8080 " not in shell.scripts[-1]
+        apply_listener_forwards(watcher, wanted_from_listeners(up[:1], "127.0.0.1", ListenerSettings()))
+        assert set(driver.forwards) == {PortForward("tcp", "127.0.0.1", 8080, 8080)}
+        assert "8081" not in shell.scripts[-1]
+        apply_listener_forwards(watcher, [])
+        assert driver.forwards == set()
+        assert recorded(watcher) == []
+    finally:
+        watcher.close()
+
+
+def test_a_published_port_wins_over_a_listener_and_the_listener_comes_back_after(tmp_path: Path) -> None:
+    from .faults.test_forwarding import PORT
+
+    watcher, driver, _ = listener_world(tmp_path)
+    try:
+        listener = wanted_from_listeners(parse_snapshot([f"tcp 00000000:{PORT:04X} 1 901 httpd"]), "127.0.0.1", ListenerSettings())
+        apply_listener_forwards(watcher, listener)
+        assert recorded(watcher) == [("tcp", PORT, "listener", "httpd (pid 901)", "active")]
+        web = container("a" * 64, "web", "", 100)
+        watcher.api = FakeDockerAPI({"a" * 64: web})  # type: ignore[assignment]
+        watcher._apply_container("a" * 64, wanted_from_inspect(web))
+        watcher._save()
+        assert recorded(watcher) == [("tcp", PORT, "container", "web", "active")]
+        # The scan keeps reporting the listener: the published port stays the owner, no failure.
+        apply_listener_forwards(watcher, listener)
+        assert recorded(watcher) == [("tcp", PORT, "container", "web", "active")]
+        watcher.reconcile()
+        assert recorded(watcher) == [("tcp", PORT, "container", "web", "active")]
+        watcher._remove_container("a" * 64)
+        watcher._save()
+        assert recorded(watcher) == [("tcp", PORT, "listener", "httpd (pid 901)", "active")]
+        assert driver.list_forwards() == [PortForward("tcp", "127.0.0.1", PORT, PORT)]
+    finally:
+        watcher.close()
+
+
+def test_reconcile_keeps_the_listeners_forwards(tmp_path: Path) -> None:
+    watcher, driver, _ = listener_world(tmp_path)
+    try:
+        watcher.api = FakeDockerAPI({})  # type: ignore[assignment]
+        apply_listener_forwards(watcher, wanted_from_listeners(parse_snapshot(["udp 00000000:14E9 1 950 nc.openbsd"]), "127.0.0.1", ListenerSettings()))
+        calls = len(driver.calls)
+        watcher.reconcile()
+        assert driver.calls[calls:] == [], "reconcile touched a listener's forward"
+        assert recorded(watcher) == [("udp", 5353, "listener", "nc.openbsd (pid 950)", "active")]
+    finally:
+        watcher.close()
+
+
+def test_a_listener_whose_host_port_is_taken_is_a_failure_with_the_reason(tmp_path: Path) -> None:
+    watcher, driver, _ = listener_world(tmp_path)
+    try:
+        driver.busy.add(8080)
+        apply_listener_forwards(watcher, wanted_from_listeners(parse_snapshot(["tcp 00000000:1F90 1 901 httpd"]), "127.0.0.1", ListenerSettings()))
+        data = json.loads((watcher.directory / STATE_FILE).read_text())["forwards"]
+        assert [(f["state"], f["source"]) for f in data] == [("failed", "listener")]
+        assert "in use" in data[0]["reason"]
+        apply_listener_forwards(watcher, [])
+        assert recorded(watcher) == []
+    finally:
+        watcher.close()
+
+
+@pytest.mark.parametrize("kind", ["virtualbox-vboxmanage", "virtualbox-api", "parallels"])
+def test_listener_forwards_through_the_virtualbox_and_parallels_fakes(tmp_path: Path, kind: str) -> None:
+    from .fake_harnesses import parallels_driver, virtualbox_driver
+
+    if kind == "parallels":
+        driver, _ = parallels_driver(tmp_path)
+    else:
+        driver, _ = virtualbox_driver(tmp_path, kind.split("-", 1)[1])
+    driver.create()
+    driver.start()
+    try:
+        watcher, _, shell = listener_world(tmp_path / "store", driver)
+        before = set(driver.list_forwards())
+        snapshot = parse_snapshot(["tcp 00000000:1F90 1 901 httpd", "tcp 0100007F:1F91 2 910 python3"])
+        apply_listener_forwards(watcher, wanted_from_listeners(snapshot, "127.0.0.1", ListenerSettings()))
+        added = set(driver.list_forwards()) - before
+        assert added == {PortForward("tcp", "127.0.0.1", 8080, 8080), PortForward("tcp", "127.0.0.1", 8081, 8081)}
+        assert "--to-destination 127.0.0.1:8081" in shell.scripts[-1]
+        apply_listener_forwards(watcher, [])
+        assert set(driver.list_forwards()) == before
+        watcher.close()
+    finally:
+        driver.kill()
+
+
+class ScriptChannel:
+    """The SSH channel the guest script runs on: a socket pair, so select() works on it."""
+
+    def __init__(self) -> None:
+        self.ours, self.guest = socket.socketpair()
+        self.command = ""
+
+    def exec_command(self, command: str) -> None:
+        self.command = command
+
+    def shutdown_write(self) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return self.ours.fileno()
+
+    def recv(self, size: int) -> bytes:
+        return self.ours.recv(size)
+
+    def close(self) -> None:
+        self.ours.close()
+
+
+class ScriptSSH:
+    def __init__(self, channel: ScriptChannel) -> None:
+        self.channel = channel
+
+    def session(self) -> ScriptChannel:
+        return self.channel
+
+    def close(self) -> None:
+        pass
+
+
+def wait_until(condition, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_the_scanner_applies_each_snapshot_and_follows_the_settings() -> None:
+    channel = ScriptChannel()
+    applied: list[list] = []
+    settings = {"value": ListenerSettings()}
+    scanner = ListenerScanner(lambda: ScriptSSH(channel), applied.append, lambda: settings["value"], "127.0.0.1")
+    scanner.start()
+    try:
+        channel.guest.sendall(b"tcp 00000000:1F90 1 901 httpd\n")
+        channel.guest.sendall(b".\n")  # the snapshot ends: it is applied at once
+        assert wait_until(lambda: len(applied) == 1)
+        assert channel.command == GUEST_SCRIPT
+        assert [w.forward.host_port for w in applied[0]] == [8080]
+        channel.guest.sendall(b".\n")  # the listener went: an empty snapshot
+        assert wait_until(lambda: len(applied) == 2)
+        assert applied[1] == []
+        channel.guest.sendall(b"tcp 00000000:1F90 1 901 httpd\n.\n")
+        assert wait_until(lambda: len(applied) == 3)
+        settings["value"] = ListenerSettings(ignored=frozenset({("tcp", 8080)}))
+        assert wait_until(lambda: len(applied) == 4, timeout=3)  # the settings are asked again each second
+        assert applied[3] == []
+        settings["value"] = ListenerSettings(enabled=False)
+        assert wait_until(lambda: len(applied) >= 5, timeout=3)
+        assert applied[4] == []
+    finally:
+        scanner.stop()
+        channel.guest.close()
+        assert scanner.thread is not None
+        scanner.thread.join(timeout=5)
+        assert not scanner.thread.is_alive()
+
+
+def guest_busybox(tmp_path: Path) -> Path:
+    """A bin folder of the boot image's own busybox (the guest's sh, awk, ls, sort, usleep)."""
+    from .conftest import image_cache
+
+    busybox = image_cache() / "image-work" / "amd64" / "tree" / "busybox-static" / "usr" / "bin" / "busybox"
+    if not busybox.exists() or platform.machine() != "x86_64":
+        pytest.skip(f"the boot image's busybox is not unpacked in {image_cache()} (`pymachine image build`)")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for applet in ("sh", "awk", "sort", "ls", "usleep", "cat"):
+        (bin_dir / applet).symlink_to(busybox)
+    return bin_dir
+
+
+def next_snapshot(stream) -> list[str]:
+    lines = []
+    for line in stream:
+        if line.strip() == ".":
+            return lines
+        lines.append(line.strip())
+    raise AssertionError("the script ended")
+
+
+def test_the_guest_script_under_the_guests_busybox_sees_listeners_come_and_go(tmp_path: Path) -> None:
+    """The script as the guest runs it (its busybox), on this host's socket tables."""
+    bin_dir = guest_busybox(tmp_path)
+    tcp = socket.socket()
+    tcp.bind(("127.0.0.1", 0))
+    tcp.listen()
+    udp = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    udp.bind(("::", 0))
+    ports = {("tcp", tcp.getsockname()[1]), ("udp", udp.getsockname()[1])}
+    script = subprocess.Popen([str(bin_dir / "sh"), "-c", GUEST_SCRIPT], stdout=subprocess.PIPE, text=True, env={"PATH": str(bin_dir)})
+    try:
+        assert script.stdout is not None
+        first = [item for item in parse_snapshot(next_snapshot(script.stdout)) if (item.protocol, item.port) in ports]
+        assert {(item.protocol, item.port, item.address, item.pid) for item in first} == {
+            ("tcp", tcp.getsockname()[1], "loopback", os.getpid()),
+            ("udp", udp.getsockname()[1], "any", os.getpid()),
+        }
+        assert all(item.process.startswith("python") for item in first)
+        tcp.close()
+        started = time.monotonic()
+        second = [item for item in parse_snapshot(next_snapshot(script.stdout)) if (item.protocol, item.port) in ports]
+        assert [(item.protocol, item.port) for item in second] == [("udp", udp.getsockname()[1])]
+        assert time.monotonic() - started < 1.0, "the change took a second or more to show"
+    finally:
+        script.kill()
+        script.wait()
+        udp.close()
+
+
+def test_the_guest_script_ends_when_its_session_does(tmp_path: Path) -> None:
+    """Run by a parent (dropbear's session) that dies: the loop ends within a moment."""
+    bin_dir = guest_busybox(tmp_path)
+    parent = subprocess.Popen(
+        [str(bin_dir / "sh"), "-c", 'sh -c "$S" >/dev/null & echo $!; wait'], stdout=subprocess.PIPE, text=True, env={"PATH": str(bin_dir), "S": GUEST_SCRIPT}
+    )
+    assert parent.stdout is not None
+    loop = int(parent.stdout.readline())
+    time.sleep(0.5)
+    assert Path(f"/proc/{loop}").exists()
+    parent.kill()
+    parent.wait()
+
+    def ended() -> bool:
+        try:
+            return Path(f"/proc/{loop}/stat").read_text().split()[2] == "Z"
+        except OSError:
+            return True
+
+    try:
+        assert wait_until(ended, timeout=3), "the guest's scan outlived its SSH session"
+    finally:
+        if not ended():
+            os.kill(loop, 9)
+
+
+def test_an_old_config_gets_listener_forwarding_on_and_no_ignored_ports(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    with store.reserve(MachineConfig(name="dev", driver="qemu")):
+        pass
+    path = store.config_path("dev")
+    data = json.loads(path.read_text())
+    del data["listener_forwarding"], data["ignore_ports"]
+    path.write_text(json.dumps(data))
+    config = store.load("dev")
+    assert config.listener_forwarding is True and config.ignore_ports == []
+
+
+def test_ports_turns_listeners_off_and_ignores_ports_in_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], restored_logging) -> None:
+    from pymachine.cli.main import run_cli
+
+    root = tmp_path / "home"
+    monkeypatch.setenv("PYMACHINE_STORAGE_PATH", str(root))
+    store = Store(root)
+    with store.reserve(MachineConfig(name="dev", driver="qemu", status="ready")):
+        pass
+    assert run_cli(["ports", "dev", "--listeners", "off", "--ignore", "8080", "--ignore", "53/UDP"]) == 0
+    config = store.load("dev")
+    assert config.listener_forwarding is False and config.ignore_ports == ["8080", "53/udp"]
+    assert run_cli(["ports", "dev", "--listeners", "on", "--unignore", "8080"]) == 0
+    config = store.load("dev")
+    assert config.listener_forwarding is True and config.ignore_ports == ["53/udp"]
+    capsys.readouterr()
+    before = path_bytes = store.config_path("dev").read_bytes()
+    assert run_cli(["ports", "dev", "--ignore", "http"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "Error: --ignore takes PORT, PORT/tcp or PORT/udp (1-65535), not 'http'. Run `pymachine ports --help`"
+    assert store.config_path("dev").read_bytes() == before == path_bytes
+    assert run_cli(["ports", "dev", "--listeners", "maybe"]) == 1
+    assert capsys.readouterr().err.strip() == "Error: --listeners takes on or off, not 'maybe'. Run `pymachine ports --help`"
+
+
+def test_ports_shows_where_each_forward_came_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], restored_logging) -> None:
+    from pymachine.cli.main import run_cli
+
+    root = tmp_path / "home"
+    monkeypatch.setenv("PYMACHINE_STORAGE_PATH", str(root))
+    store = Store(root)
+    with store.reserve(MachineConfig(name="dev", driver="qemu", status="ready")):
+        pass
+    rows = [
+        {"protocol": "tcp", "host_ip": "127.0.0.1", "host_port": 8080, "guest_port": 8080, "container": "web", "container_id": "a" * 64, "source": "container", "state": "failed", "reason": "x"},
+        {"protocol": "tcp", "host_ip": "127.0.0.1", "host_port": 9000, "guest_port": 9000, "container": "python3 (pid 42)", "container_id": "listener:tcp/9000", "source": "listener", "state": "failed", "reason": "y"},
+    ]
+    (store.machine_dir("dev") / STATE_FILE).write_text(json.dumps({"watcher": {}, "forwards": rows}))
+    assert run_cli(["ports", "dev"]) == 0
+    out = capsys.readouterr().out
+    assert "FROM" in out.splitlines()[0]
+    assert "container web" in out and "listener python3 (pid 42)" in out
+
+
+def test_create_refuses_a_bad_ignore_port_before_anything_is_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], restored_logging) -> None:
+    from pymachine.cli.main import run_cli
+
+    root = tmp_path / "home"
+    monkeypatch.setenv("PYMACHINE_STORAGE_PATH", str(root))
+    monkeypatch.setenv("PYMACHINE_CACHE_PATH", str(tmp_path / "empty-cache"))
+    assert run_cli(["create", "dev", "--ignore-port", "70000/tcp"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "Error: --ignore-port takes PORT, PORT/tcp or PORT/udp (1-65535), not '70000/tcp'. Run `pymachine create --help`"
+    assert not (root / "machines" / "dev").exists()

@@ -178,6 +178,126 @@ def test_the_python_docker_sdk_works_through_env_and_gets_forwards(cli: CLI, mon
         client.close()
 
 
+# -- guest listeners (pymachine.forwarding.listeners) --------------------------------------
+
+#: Listener latencies measured by the tests below (seconds), printed at the end of the run.
+LISTENER_LATENCY: list[float] = []
+
+
+def guest_background(cli: CLI, tag: str, command: str) -> None:
+    """Start `command` in the guest over `pymachine ssh`, detached, its pid in /tmp/TAG.pid."""
+    cli.pm("ssh", NAME, f"mkdir -p /tmp/www && echo hello-{tag} > /tmp/www/index.html && (setsid {command} </dev/null >/tmp/{tag}.log 2>&1 & echo $! > /tmp/{tag}.pid)")
+
+
+def guest_kill(cli: CLI, tag: str) -> None:
+    cli.pm("ssh", NAME, f"kill $(cat /tmp/{tag}.pid)")
+
+
+def listener_forward(cli: CLI, port: int, protocol: str = "tcp") -> dict | None:
+    item = forward(cli, port, protocol)
+    return item if item and item.get("source") == "listener" else None
+
+
+def answers_within(port: int, started: float, timeout: float = 10) -> float:
+    """Seconds from `started` until GET / on 127.0.0.1:port answers; fails after `timeout`."""
+    assert wait_for(lambda: http_get(port, timeout=0.5) is not None, timeout=timeout, interval=0.02), f"nothing answered on {port}"
+    latency = time.monotonic() - started
+    LISTENER_LATENCY.append(latency)
+    return latency
+
+
+def test_a_process_listening_on_any_address_in_the_guest_is_forwarded(cli: CLI) -> None:
+    port = free_port()
+    guest_background(cli, "any", f"busybox httpd -f -p 0.0.0.0:{port} -h /tmp/www")
+    latency = answers_within(port, time.monotonic())
+    assert "hello-any" in (http_get(port) or "")
+    item = listener_forward(cli, port)
+    # Started as `busybox httpd`: the guest's /proc/PID/comm says busybox.
+    assert item and item["state"] == "active" and item["container"].startswith("busybox (pid "), item
+    assert item["host_ip"] == "127.0.0.1", "a listener is forwarded on the machine's forward bind (loopback)"
+    assert "listener busybox (pid " in cli.pm("ports", NAME).stdout
+    guest_kill(cli, "any")
+    gone = time.monotonic()
+    assert wait_for(lambda: http_get(port, timeout=0.5) is None, timeout=10, interval=0.02), "still answering after the listener exited"
+    print(f"listener 0.0.0.0: answered {latency:.2f}s after `pymachine ssh` returned; gone {time.monotonic() - gone:.2f}s after kill returned")
+    assert wait_for(lambda: forward(cli, port) is None, timeout=5)
+
+
+def test_a_process_listening_on_the_guests_loopback_is_forwarded(cli: CLI) -> None:
+    port = free_port()
+    guest_background(cli, "loop", f"busybox httpd -f -p 127.0.0.1:{port} -h /tmp/www")
+    latency = answers_within(port, time.monotonic())
+    assert "hello-loop" in (http_get(port) or "")
+    guest_kill(cli, "loop")
+    assert wait_for(lambda: http_get(port, timeout=0.5) is None, timeout=10, interval=0.02)
+    print(f"listener 127.0.0.1: answered {latency:.2f}s after `pymachine ssh` returned")
+
+
+def test_a_udp_listener_in_the_guest_is_forwarded(cli: CLI) -> None:
+    port = free_port()
+    guest_background(cli, "udp", f"nc.openbsd -u -l {port}")
+    assert wait_for(lambda: (listener_forward(cli, port, "udp") or {}).get("state") == "active", timeout=10, interval=0.1)
+    payload = "datagram-to-a-guest-listener"
+
+    def delivered() -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.sendto(payload.encode() + b"\n", ("127.0.0.1", port))
+        time.sleep(0.3)
+        return payload in cli.pm("ssh", NAME, "cat /tmp/udp.log").stdout
+
+    assert wait_for(delivered, timeout=20, interval=0.2)
+    cli.pm("ssh", NAME, "kill $(cat /tmp/udp.pid) 2>/dev/null; true")
+    assert wait_for(lambda: forward(cli, port, "udp") is None, timeout=10, interval=0.1)
+
+
+def test_a_host_network_container_is_forwarded(cli: CLI) -> None:
+    port = free_port()
+    cli.docker(NAME, "run", "-d", "--name", "hostnet", "--network", "host", IMAGE, "httpd", "-f", "-p", str(port), "-h", "/www")
+    latency = answers_within(port, time.monotonic())
+    item = listener_forward(cli, port)
+    assert item and "httpd" in item["container"], item
+    cli.docker(NAME, "rm", "-f", "hostnet")
+    assert wait_for(lambda: http_get(port, timeout=0.5) is None, timeout=10, interval=0.02)
+    print(f"host-network container: answered {latency:.2f}s after `docker run -d` returned")
+
+
+def test_the_guests_own_services_and_published_ports_are_never_listener_forwards(cli: CLI) -> None:
+    port = free_port()
+    web(cli, "published", f"{port}:80")
+    assert wait_for(lambda: http_get(port) is not None, timeout=15, interval=0.02)
+    time.sleep(1.5)  # several scans of the guest's listeners (docker-proxy holds the port there)
+    forwards = cli.ports(NAME)["forwards"]
+    mine = [f for f in forwards if f["host_port"] == port]
+    assert len(mine) == 1 and mine[0]["source"] == "container" and mine[0]["state"] == "active", mine
+    listeners = [f for f in forwards if f.get("source") == "listener"]
+    assert not [f for f in listeners if f["guest_port"] in (22, 2376)], listeners
+    assert not [f for f in forwards if f["state"] == "failed"], forwards
+    cli.docker(NAME, "rm", "-f", "published")
+
+
+def test_listener_forwarding_can_be_turned_off_and_ports_ignored(cli: CLI) -> None:
+    port, ignored = free_port(), free_port()
+    cli.pm("ports", NAME, "--listeners", "off")
+    try:
+        guest_background(cli, "off", f"busybox httpd -f -p {port} -h /tmp/www")
+        time.sleep(2.5)
+        assert http_get(port, timeout=0.5) is None, "forwarded although listener forwarding is off"
+        cli.pm("ports", NAME, "--listeners", "on", "--ignore", str(ignored))
+        answers_within(port, time.monotonic(), timeout=10)
+        guest_background(cli, "ignored", f"busybox httpd -f -p {ignored} -h /tmp/www")
+        time.sleep(2.5)
+        assert http_get(ignored, timeout=0.5) is None, "an ignored port was forwarded"
+        assert forward(cli, ignored) is None
+    finally:
+        cli.pm("ports", NAME, "--listeners", "on", "--unignore", str(ignored))
+        cli.pm("ssh", NAME, "kill $(cat /tmp/off.pid) $(cat /tmp/ignored.pid) 2>/dev/null; true")
+    config = (cli.machine_dir(NAME) / "config.json").read_text()
+    assert '"listener_forwarding": true' in config and '"ignore_ports": []' in config
+    if LISTENER_LATENCY:
+        ordered = sorted(LISTENER_LATENCY)
+        print(f"listener latency over {len(ordered)}: median {ordered[len(ordered) // 2]:.2f}s, max {ordered[-1]:.2f}s")
+
+
 def test_stop_start_and_rm_leave_no_forward_or_process(cli: CLI) -> None:
     port = free_port()
     web(cli, "persist", f"{port}:80", extra=("--restart", "always"))
@@ -202,4 +322,3 @@ def _free(port: int) -> bool:
             return True
         except OSError:
             return False
-

@@ -149,6 +149,8 @@ def create(
     engine_registry_mirror: list[str] = typer.Option([], "--engine-registry-mirror", help="Registry mirror URL (repeatable)."),
     opt: list[str] = typer.Option([], "--opt", "-o", help="Driver option KEY=VALUE (repeatable; `pymachine drivers` lists them)."),
     forward_bind: str = typer.Option("127.0.0.1", "--forward-bind", help="Host address for a bare `-p H:C`: 127.0.0.1 (default) or 0.0.0.0."),
+    no_listener_forwarding: bool = typer.Option(False, "--no-listener-forwarding", help="Forward only ports Docker publishes, not ports processes in the guest listen on."),
+    ignore_port: list[str] = typer.Option([], "--ignore-port", help="Never forward this guest listener: PORT, PORT/tcp or PORT/udp (repeatable)."),
     mount: list[str] = typer.Option([], "--mount", help="Share a host folder: HOST[:GUEST][:ro] (repeatable; default: your home folder, at the same path)."),
     no_mounts: bool = typer.Option(False, "--no-mounts", help="Share no host folder, not even your home folder."),
     force: bool = typer.Option(False, "--force", help="Start even while another hypervisor runs VMs."),
@@ -177,6 +179,8 @@ def create(
         registry_mirrors=engine_registry_mirror,
         driver_options=_pairs(opt, "--opt"),
         forward_bind=forward_bind,
+        listener_forwarding=not no_listener_forwarding,
+        ignore_ports=ignore_port,
         mounts=[] if no_mounts else (mount or None),
         force=force,
         arch=arch,
@@ -520,10 +524,24 @@ def scp(
 
 
 @app.command()
-def ports(ctx: typer.Context, name: str, fmt: str = typer.Option("table", "--format", "-f", help="table or json.")) -> None:
-    """List a machine's port forwards and the watcher's health."""
+def ports(
+    ctx: typer.Context,
+    name: str,
+    fmt: str = typer.Option("table", "--format", "-f", help="table or json."),
+    listeners: Optional[str] = typer.Option(None, "--listeners", help="on or off: forward ports processes in the guest listen on (kept in the machine's config)."),
+    ignore: list[str] = typer.Option([], "--ignore", help="Never forward this guest listener: PORT, PORT/tcp or PORT/udp (repeatable; kept)."),
+    unignore: list[str] = typer.Option([], "--unignore", help="Forward this guest listener again (repeatable)."),
+) -> None:
+    """List a machine's port forwards, where each came from, and the watcher's health.
+
+    A forward comes from a port a container published, or from a process listening in
+    the guest (`docker run --network host`, a server started over `pymachine ssh`)."""
     _check_format(fmt, "ports", ("table", "json"))
+    if listeners not in (None, "on", "off"):
+        raise MachineError(f"--listeners takes on or off, not '{listeners}'", "Run `pymachine ports --help`")
     machine = _session(ctx).machine(name)
+    if listeners is not None or ignore or unignore:
+        machine.set_listener_forwarding(None if listeners is None else listeners == "on", ignore, unignore)
     driver = None
     try:
         driver = machine.driver()
@@ -542,11 +560,12 @@ def ports(ctx: typer.Context, name: str, fmt: str = typer.Option("table", "--for
         return
     watcher = report["watcher"]
     print(f"watcher: {watcher['state']}" + (f" (pid {watcher['pid']})" if watcher.get("pid") else "") + (f": {watcher['detail']}" if watcher.get("detail") else ""), file=sys.stderr)
-    table = [("HOST", "GUEST", "PROTO", "CONTAINER", "STATE")]
+    table = [("HOST", "GUEST", "PROTO", "FROM", "STATE")]
     for f in report["forwards"]:
         state = f["state"] + (f" ({f['reason']})" if f.get("reason") else "")
         host_ip = f"[{f['host_ip']}]" if ":" in f["host_ip"] else f["host_ip"]
-        table.append((f"{host_ip}:{f['host_port']}", str(f["guest_port"]), f["protocol"], f["container"], state))
+        origin = f"listener {f['container']}" if f.get("source") == "listener" else f"container {f['container']}"
+        table.append((f"{host_ip}:{f['host_port']}", str(f["guest_port"]), f["protocol"], origin, state))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         print("   ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())

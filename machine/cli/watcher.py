@@ -148,8 +148,11 @@ def run_watcher(root: Path, name: str) -> int:
     signal.signal(signal.SIGINT, stop)
     log.info("watcher for %s started (pid %d)", name, os.getpid())
     watcher = None
+    scanner = None
     try:
         watcher = machine.forward_watcher()
+        scanner = machine.listener_scanner(watcher)
+        scanner.start()
         watcher.run()
     except Stop:
         log.info("watcher for %s stopped", name)
@@ -157,6 +160,8 @@ def run_watcher(root: Path, name: str) -> int:
         log.error("watcher for %s cannot run: %s", name, exc)
         return EXIT_GIVE_UP
     finally:
+        if scanner is not None:
+            scanner.stop()
         if watcher is not None:
             watcher.close()
         if read_pidfile(directory / PIDFILE) == os.getpid():

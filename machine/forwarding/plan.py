@@ -35,6 +35,8 @@ class WantedForward:
     container_name: str
     #: the guest side binds loopback only: the guest needs a DNAT rule to reach it
     guest_loopback: bool = False
+    #: "container" (a port Docker published) or "listener" (pymachine.forwarding.listeners)
+    source: str = "container"
 
 
 def _host_ip(requested: str | None, forward_bind: str) -> str:

@@ -84,6 +84,9 @@ class ForwardWatcher:
         self._logged: dict[tuple[tuple[str, int], str], str] = {}
         self.pending: dict[str, Future[list[WantedForward]]] = {}
         self.loopback: set[tuple[str, int]] = set()
+        self.loopback_lock = threading.Lock()
+        #: what the guest's listeners want (pymachine.forwarding.listeners); published ports win
+        self.listener_wanted: list[WantedForward] = []
         self.health: dict[str, Any] = {"state": "starting", "since": _now()}
         self.lock = threading.Lock()
         self._ssh: Any = None
@@ -202,8 +205,9 @@ class ForwardWatcher:
                 for item in wanted_from_inspect(data, self.forward_bind):
                     claims.append((summary.get("Created") or 0, summary["Id"], item))
         wanted = [item for _, _, item in sorted(claims, key=lambda c: (c[0], c[1]))]
-        actual = self.driver.list_forwards()
         with self.lock:
+            # Under the lock: the listener scan's thread adds forwards too.
+            actual = self.driver.list_forwards()
             chosen: dict[tuple[str, int], WantedForward] = {}
             for item in wanted:
                 owner = self.owners.get(item.forward.key)
@@ -212,6 +216,8 @@ class ForwardWatcher:
             for item in wanted:
                 chosen.setdefault(item.forward.key, item)
             losers = [item for item in wanted if chosen[item.forward.key] is not item]
+            for item in self.listener_wanted:
+                chosen.setdefault(item.forward.key, item)
             changes = plan(chosen.values(), actual)
             for forward in changes.remove:
                 self._driver_remove(forward)
@@ -254,6 +260,11 @@ class ForwardWatcher:
         An owner is never displaced by a later claim."""
         key = item.forward.key
         owner = self.owners.get(key)
+        if owner is not None and owner.wanted.source == "listener" and item.source != "listener":
+            # A published port wins over a guest listener on the same host port.
+            self._driver_remove(owner.wanted.forward)
+            del self.owners[key]
+            owner = None
         if owner is not None and owner.wanted.container_id != item.container_id:
             forward = item.forward
             self._fail(item, f"host port {forward.host_port}/{forward.protocol} already forwarded for container {owner.wanted.container_name}")
@@ -295,6 +306,9 @@ class ForwardWatcher:
                 if failed_key != key or key in self.owners:
                     continue
                 self._add(record.wanted)
+            for item in self.listener_wanted:
+                if item.forward.key == key and key not in self.owners:
+                    self._add(item)
 
     def _refused(self, forward: PortForward) -> str:
         """Why this driver cannot make the forward at all ("" when it can)."""
@@ -340,7 +354,12 @@ class ForwardWatcher:
 
     def _sync_loopback(self, force: bool = False) -> None:
         """DNAT rules in the guest for ports Docker bound to the guest's loopback only."""
-        wanted = {(r.wanted.forward.protocol, r.wanted.forward.host_port) for r in self.owners.values() if r.wanted.guest_loopback}
+        with self.loopback_lock:  # the listener scan's thread calls this too
+            self._sync_loopback_locked(force)
+
+    def _sync_loopback_locked(self, force: bool) -> None:
+        with self.lock:
+            wanted = {(r.wanted.forward.protocol, r.wanted.forward.host_port) for r in self.owners.values() if r.wanted.guest_loopback}
         if wanted == self.loopback and not (force and wanted):
             return
         rules = "".join(
@@ -379,6 +398,7 @@ class ForwardWatcher:
                     "guest_port": r.wanted.forward.guest_port,
                     "container": r.wanted.container_name,
                     "container_id": r.wanted.container_id,
+                    "source": r.wanted.source,
                     "state": r.state,
                     "reason": r.reason,
                 }
