@@ -123,6 +123,11 @@ class EngineFailed(ProvisionError):
     can recover."""
 
 
+class ConfigRefused(ProvisionError):
+    """dockerd's own check refused new engine settings; the configuration in use, and a
+    dockerd running with it, were left as they were."""
+
+
 class DataDiskFull(EngineFailed):
     """The guest's data disk (/var/lib/docker) has no room left."""
 

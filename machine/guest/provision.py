@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pymachine.driver import Driver, State
-from pymachine.errors import DataDiskFull, EngineFailed, MachineError, MachineStateError, ProvisionError, SSHError
+from pymachine.errors import ConfigRefused, DataDiskFull, EngineFailed, MachineError, MachineStateError, SSHError
 from pymachine.guest.certs import CertificateAuthority, CertPaths, server_needs_renewal
 from pymachine.guest.dockerapi import DockerAPI
 from pymachine.guest.ssh import GuestSSH
@@ -349,7 +349,7 @@ class Provisioner:
             return  # an image from before `engine validate`: dockerd checks at start, as it did
         self.ssh.run(f"rm -f {config} {args}", timeout=30, check=False)
         name = self.config.name
-        raise ProvisionError(
+        raise ConfigRefused(
             f"dockerd refuses the engine settings of machine '{name}' ({dockerd_complaint(output)}); the daemon config in use was left as it was",
             f"Run `pymachine rm {name}` and create it again with other --engine-opt, --engine-label or --engine-registry-mirror values",
         )
@@ -391,7 +391,7 @@ class Provisioner:
             changed = self.configure(facts, driver_name, regenerate=regenerate)
             self.start_engine(restart=facts.engine_running and (installed or changed))
             self.wait_for_docker()
-        except EngineFailed:
+        except (EngineFailed, ConfigRefused):
             raise
         except MachineError as exc:
             self.check_room(exc)

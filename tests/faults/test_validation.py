@@ -19,6 +19,7 @@ import pytest
 from pymachine.cli.main import run_cli
 from pymachine.hostlimits import host_cpus, host_memory_mb
 from pymachine.image import manifest_name
+from pymachine.machine import Machine
 from pymachine.store import STATUS_READY, MachineConfig, Store
 
 from ..fakes.isos import write_boot_iso
@@ -308,6 +309,8 @@ def test_a_config_dockerd_refuses_never_replaces_the_one_in_use(world, tmp_path:
     assert {path: guest.files[path] for path in DAEMON_FILES} == good, "the good config was replaced"
     assert not [p for p in guest.files if p.endswith(".new")], "staged files were left in the guest"
     assert guest.engine_running, "dockerd was stopped for a config it would refuse"
+    # nothing changed, so the machine is as ready as before: env and docker still work
+    assert Machine(machine.home, "dev").config.status == STATUS_READY
     assert f"{ENGINE} restart" not in guest.commands[guest.commands.index(validate) + 1 :]
     # The host side too: keys, certificates, disks (the watcher's own files aside).
     after = snapshot(machine.directory)
