@@ -44,7 +44,7 @@ class RecordingDriver:
     a host port in `busy` as QEMU does."""
 
     name = "stub"
-    features = frozenset({Feature.RUNTIME_FORWARDS, Feature.UDP_FORWARDS, Feature.ANY_HOST_ADDRESS})
+    features = frozenset({Feature.RUNTIME_FORWARDS, Feature.UDP_FORWARDS, Feature.ANY_HOST_ADDRESS, Feature.LOOPBACK_FORWARDS})
 
     def __init__(self) -> None:
         self.forwards: set[PortForward] = set()
@@ -207,15 +207,25 @@ def test_reconcile_keeps_the_owner_and_a_new_watcher_gives_the_port_to_the_older
     assert rows(again) == [("A", "active", ""), ("B", "failed", "host port 8096/tcp already forwarded for container A")]
 
 
-def test_ipv6_loopback_is_failed_with_the_reason_not_forwarded_on_127_0_0_1(watched) -> None:
+def test_ipv6_loopback_is_forwarded_on_ipv6_loopback_alone(watched) -> None:
+    """-p [::1]:H:C: the hypervisor gets an unpublished 127.0.0.1 port, the watcher's relay
+    listens on [::1]:H, and nothing listens on 127.0.0.1:H (it was failed before relays)."""
     watcher, driver, _ = watched
     v6 = container(A_ID, "v6", "::1", 100)
     watcher._apply_container(A_ID, wanted_from_inspect(v6))
     watcher._save()
-    assert driver.calls == [], "nothing may listen on 127.0.0.1 for a -p [::1]"
-    [(name, state, reason)] = rows(watcher)
-    assert (name, state) == ("v6", "failed")
-    assert "::1" in reason and "IPv4" in reason and f"-p 127.0.0.1:{PORT}:PORT" in reason
+    [(call, hidden)] = driver.calls
+    assert call == "add" and hidden.host_ip == "127.0.0.1" and hidden.host_port != PORT and hidden.guest_port == PORT
+    assert rows(watcher) == [("v6", "active", "")]
+    assert watcher.driver.listening(PortForward("tcp", "::1", PORT, PORT)) == [f"[::1]:{PORT}"]
+    with socket.socket(socket.AF_INET6) as client:
+        client.connect(("::1", PORT))  # the relay accepts
+    with socket.socket() as client, pytest.raises(ConnectionRefusedError):
+        client.connect(("127.0.0.1", PORT))
+    watcher._remove_container(A_ID)
+    assert driver.forwards == set()
+    with socket.socket(socket.AF_INET6) as client, pytest.raises(ConnectionRefusedError):
+        client.connect(("::1", PORT))
 
 
 # -- ports shows the state as of the call ---------------------------------------------------
