@@ -527,3 +527,20 @@ def test_a_forward_left_by_an_earlier_watcher_shows_as_it_is(relaying) -> None:
     assert driver.list_forwards() == [stale]
     driver.remove_forward(stale)
     assert hypervisor.list_forwards() == []
+
+
+def test_pymachine_drivers_says_where_each_drivers_forwards_answer(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    program = Path(sys.executable).parent / "pymachine"
+    done = subprocess.run([str(program), "drivers"], capture_output=True, text=True, timeout=60, check=False, env={**os.environ, "PYMACHINE_STORAGE_PATH": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    said = {lines[i].split(":")[0]: lines[i + 1] for i, line in enumerate(lines) if not line.startswith(" ") and i + 1 < len(lines)}
+    for name in ("qemu", "virtualbox"):
+        assert "127.0.0.1:H by the hypervisor and [::1]:H by pymachine's relay" in said[name]
+    assert "127.0.0.1:H and [::1]:H by pymachine's relay, to a hypervisor port that is never published" in said["parallels"]
+    assert all("[::]:H by the relay" in said[name] for name in ("qemu", "virtualbox", "parallels"))

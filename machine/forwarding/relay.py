@@ -454,5 +454,21 @@ class RelayingDriver:
         self.hub.close()
 
 
+def describe(driver: type[Driver]) -> str:
+    """Where a driver's forwards answer, for `pymachine drivers`."""
+    if driver.supports(Feature.LOOPBACK_FORWARDS):
+        loopback = "127.0.0.1:H by the hypervisor and [::1]:H by pymachine's relay"
+    else:
+        loopback = "127.0.0.1:H and [::1]:H by pymachine's relay, to a hypervisor port that is never published (the hypervisor listens on it on every interface)"
+    text = f"a bare -p answers on {loopback}; -p [::1]:H:C on [::1]:H alone (relay)"
+    if driver.supports(Feature.ANY_HOST_ADDRESS):
+        text += "; -p 0.0.0.0:H:C on 0.0.0.0:H by the hypervisor and [::]:H by the relay"
+    else:
+        text += "; -p 0.0.0.0:H:C is refused"
+    if not driver.supports(Feature.UDP_FORWARDS):
+        text += "; no UDP"
+    return text + ". Relays run in the forward watcher, while the machine runs."
+
+
 def _show(ip: str) -> str:
     return f"[{ip}]" if ":" in ip else ip
