@@ -316,6 +316,11 @@ class _LoopbackHypervisor:
     def supports(self, feature: object) -> bool:
         return feature in self.features
 
+    def docker_endpoint(self) -> object:
+        from pymachine.driver import Endpoint
+
+        return Endpoint("127.0.0.1", 2376)
+
     def add_forward(self, forward: PortForward) -> None:
         socket = self.socket
         kind = socket.SOCK_STREAM if forward.protocol == "tcp" else socket.SOCK_DGRAM
@@ -544,3 +549,25 @@ def test_pymachine_drivers_says_where_each_drivers_forwards_answer(tmp_path) -> 
         assert "127.0.0.1:H by the hypervisor and [::1]:H by pymachine's relay" in said[name]
     assert "127.0.0.1:H and [::1]:H by pymachine's relay, to a hypervisor port that is never published" in said["parallels"]
     assert all("[::]:H by the relay" in said[name] for name in ("qemu", "virtualbox", "parallels"))
+
+
+def test_a_taken_ipv6_loopback_port_is_failed_with_the_reason(tmp_path) -> None:
+    import socket
+
+    from pymachine.forwarding.watcher import ForwardWatcher
+    from pymachine.store import Store
+
+    driver = _LoopbackHypervisor()
+    watcher = ForwardWatcher("dev", tmp_path, driver, "127.0.0.1", lambda: None, Store(tmp_path / "home"))  # type: ignore[arg-type]
+    port = _port()
+    try:
+        with socket.socket(socket.AF_INET6) as squatter:
+            squatter.bind(("::1", port))
+            squatter.listen(1)
+            item = WantedForward(PortForward("tcp", "::1", port, 80), "c1", "v6")
+            watcher._add(item)
+        assert watcher.failures[(item.forward.key, "c1")].reason == f"host port ::1:{port}/tcp is in use on this host"
+        assert driver.added == []
+    finally:
+        watcher.close()
+        driver.close()
