@@ -230,7 +230,7 @@ def test_both_loopbacks_answer_and_go_with_the_container(cli: CLI) -> None:
 
     run = cli.docker(NAME, "run", "-d", "--name", "v6", "-p", f"[::1]:{v6_port}:80", IMAGE, "httpd", "-f", "-p", "80", "-h", "/www", check=False)
     assert run.returncode == 0, run.stderr
-    assert wait_for(lambda: (forward(cli, v6_port) or {}).get("state") == "active", timeout=20), cli.ports(NAME)
+    assert wait_for(lambda: (forward(cli, v6_port) or {}).get("state") == "active", timeout=20), str((forward(cli, v6_port) or {}).get("reason"))
     answered = wait_for(lambda: http_get(v6_port, host="::1") is not None, timeout=15, interval=0.05)
     assert http_get(v6_port, timeout=0.5) is None, "-p [::1] answers on 127.0.0.1"
     cli.docker(NAME, "rm", "-f", "v6")
