@@ -571,3 +571,25 @@ def test_a_taken_ipv6_loopback_port_is_failed_with_the_reason(tmp_path) -> None:
     finally:
         watcher.close()
         driver.close()
+
+
+def test_ports_sees_a_relayed_forward_by_its_hypervisor_port(relaying) -> None:
+    """`pymachine ports` checks each active forward against the hypervisor's list: a
+    -p [::1] forward is there under its unpublished port, which the watcher records."""
+    from pymachine.driver import State
+    from pymachine.forwarding.process import check_active
+
+    driver, hypervisor = relaying()
+    port = _port()
+    forward = PortForward("tcp", "::1", port, 80)
+    driver.add_forward(forward)
+    hypervisor.state = lambda: State.RUNNING  # type: ignore[attr-defined]
+    row = {"protocol": "tcp", "host_ip": "::1", "host_port": port, "guest_port": 80, "state": "active", "reason": "", "hypervisor_port": driver.hypervisor_port(forward)}
+    assert row["hypervisor_port"] != port
+    rows = [dict(row)]
+    check_active(rows, hypervisor)  # type: ignore[arg-type]
+    assert (rows[0]["state"], rows[0]["reason"]) == ("active", "")
+    driver.remove_forward(forward)
+    rows = [dict(row)]
+    check_active(rows, hypervisor)  # type: ignore[arg-type]
+    assert rows[0]["state"] == "inactive" and "no such forward" in rows[0]["reason"]

@@ -443,6 +443,11 @@ class RelayingDriver:
         hidden = {m.hypervisor: m.forward for m in self.made.values()}
         return sorted(hidden.get(f, f) for f in self.driver.list_forwards())
 
+    def hypervisor_port(self, forward: PortForward) -> int:
+        """The host port the hypervisor holds for this forward (its own, unless hidden)."""
+        made = self.made.get(forward.key)
+        return made.hypervisor.host_port if made is not None and made.forward == forward else forward.host_port
+
     def listening(self, forward: PortForward) -> list[str]:
         """Where pymachine's relays answer for this forward (for `pymachine ports`)."""
         made = self.made.get(forward.key)

@@ -380,6 +380,8 @@ class ForwardWatcher:
                     "container_id": r.wanted.container_id,
                     "state": r.state,
                     "reason": r.reason,
+                    # the port the hypervisor itself holds, when a relay of ours fronts it
+                    "hypervisor_port": self.driver.hypervisor_port(r.wanted.forward),
                 }
                 for r in self.records()
             ]
