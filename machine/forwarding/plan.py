@@ -4,7 +4,7 @@ Binding rules (docs/port-forwarding.md):
     -p 127.0.0.1:H:C   host 127.0.0.1:H    (the user asked for loopback)
     -p 0.0.0.0:H:C     host 0.0.0.0:H      (the user asked for every interface)
     -p H:C, -P         host <forward_bind>:H, 127.0.0.1 unless the machine says 0.0.0.0
-    -p [::1]:H:C       host ::1:H only (a relay of the watcher's, forwarding/relay.py)
+    -p [::1]:H:C       host ::1:H only; failed by the watcher: the guest binds its ::1 only
 A loopback forward answers on ::1 too, and one on 0.0.0.0 on [::] too (the relays again).
 The guest side is always the port Docker bound in the guest (H), on the guest's address.
 A port bound to the guest's loopback only also needs a DNAT rule in the guest, because

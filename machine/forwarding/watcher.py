@@ -263,6 +263,12 @@ class ForwardWatcher:
             self._fail(item, f"host port {forward.host_port}/{forward.protocol} already forwarded for container {owner.wanted.container_name}")
             return
         refused = self._refused(item.forward)
+        if item.forward.host_ip == "::1" and item.guest_loopback:
+            # The host side would work (relay.py), the guest side not: NAT delivers IPv4.
+            refused = (
+                f"Docker bound the guest's ::1 only, which the {self.driver.name} driver's IPv4 NAT cannot reach;"
+                f" publish with -p 127.0.0.1:{item.forward.host_port}:PORT, which answers on ::1 too"
+            )
         if refused:
             self._fail(item, refused)
             return
