@@ -10,11 +10,13 @@ Those rules belong to the host, not to the VM, so their names carry the VM's ide
 runs and go when it stops, so a stopped machine holds no host port.
 
 Host address, honestly: a Parallels NAT rule has no host address. As far as its
-documentation and tools show, it listens on every interface of the host, so every
-forward, SSH and Docker included, can also be reached from the network (SSH needs the
-machine's key, Docker its client certificate). pymachine keeps the address that was
-asked for in the rule's name and reports it back, but cannot make Parallels bind only
-127.0.0.1; docs/drivers.md says so too.
+documentation and tools show, it listens on every interface of the host. So this driver
+does not declare loopback-forwards, and the forward watcher (forwarding/relay.py) gives a
+loopback forward's rule a port that is never published, while its own relay holds
+127.0.0.1:H and [::1]:H: a bare -p answers on loopback only. The rule's unpublished port,
+and the SSH and Docker rules, can still be reached from the network (SSH needs the
+machine's key, Docker its client certificate); docs/drivers.md says so too. A rule asked
+for 0.0.0.0 is the published port itself, as asked.
 
 Guest architectures: an Intel Mac runs amd64 guests, a Mac with Apple Silicon arm64
 guests (Parallels KB 125343: VMs of one cannot run on the other), natively; nothing is
@@ -149,7 +151,7 @@ class NatRule:
 
 
 class ParallelsDriver(Driver):
-    """Parallels Desktop Pro/Business; its NAT forwards listen on every host interface, not only 127.0.0.1."""
+    """Parallels Desktop Pro/Business; its NAT rules listen on every host interface, so published loopback ports are pymachine's relays."""
 
     name = "parallels"
     options_class = ParallelsOptions
@@ -330,7 +332,7 @@ class ParallelsDriver(Driver):
             version, edition = check_parallels(runner)
         except DriverNotAvailable as exc:
             return HostReport(True, "", "Parallels hypervisor", str(exc))
-        return HostReport(True, version, "Parallels hypervisor", f"{edition} edition; NAT forwards listen on every host interface")
+        return HostReport(True, version, "Parallels hypervisor", f"{edition} edition; NAT rules listen on every host interface (published loopback ports are relayed)")
 
     def create(self) -> None:
         validate_options(self.options)
@@ -607,7 +609,7 @@ class ParallelsDriver(Driver):
             "bundle": str(self.destination / f"{self.vm}.pvm"),
             "network": self.options.network,
             "serial_log": str(self.console),
-            "forwards_listen_on": "every host interface (Parallels NAT rules have no host address)",
+            "forwards_listen_on": "127.0.0.1 and ::1 through pymachine's relay; the NAT rule behind it (an unpublished port), SSH and Docker on every host interface (Parallels NAT rules have no host address)",
         }
 
     # -- helpers ------------------------------------------------------------------------

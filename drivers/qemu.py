@@ -498,6 +498,7 @@ class QemuDriver(Driver):
             Feature.RUNTIME_FORWARDS,
             Feature.UDP_FORWARDS,
             Feature.ANY_HOST_ADDRESS,
+            Feature.LOOPBACK_FORWARDS,
             Feature.SERIAL_LOG,
             Feature.DIRECT_KERNEL_BOOT,
             Feature.SHARED_FOLDERS,

@@ -62,6 +62,9 @@ class Feature(str, enum.Enum):
     UDP_FORWARDS = "udp-forwards"
     #: a forward may bind all host interfaces (0.0.0.0), not only loopback
     ANY_HOST_ADDRESS = "any-host-address"
+    #: the hypervisor can bind a forward to 127.0.0.1 alone; without it, the hypervisor's
+    #: side gets an unpublished port and pymachine's relay holds 127.0.0.1 (forwarding/relay.py)
+    LOOPBACK_FORWARDS = "loopback-forwards"
     #: the guest's serial console is kept in a log file (`pymachine logs`)
     SERIAL_LOG = "serial-log"
     #: boots the kernel and initrd directly, skipping the ISO's boot loader
@@ -81,7 +84,7 @@ class PortForward:
     """One host port carried to one guest port."""
 
     protocol: str  # "tcp" or "udp"
-    host_ip: str  # "127.0.0.1" or "0.0.0.0"
+    host_ip: str  # "127.0.0.1", "0.0.0.0", or "::1" (asked of the watcher's relay, never of a hypervisor)
     host_port: int
     guest_port: int
 

@@ -58,6 +58,9 @@ class Harness:
     wait_booted: Callable[[], None] = lambda: None
     #: a guest port with a server behind it, for probe_forward
     guest_service_port: int = 22
+    #: (host port, guest port) -> True when the hypervisor carries host port to the guest
+    #: for a connection from the network (another host address than loopback)
+    probe_from_network: Callable[[int, int], bool] | None = None
     extra: dict = field(default_factory=dict)
 
 

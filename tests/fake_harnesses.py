@@ -105,7 +105,10 @@ def _virtualbox(name: str, backend: str, arch: str = AMD64) -> Callable[[Path, p
         def probe(host_port: int, guest_port: int) -> bool:
             return fake.forward_works(driver.vm, "tcp", host_port, guest_port)
 
-        return Harness(name, driver, probe, guest_service_port=22, extra={"fake": fake})
+        def from_network(host_port: int, guest_port: int) -> bool:
+            return fake.forward_works(driver.vm, "tcp", host_port, guest_port, host_ip="192.0.2.10")
+
+        return Harness(name, driver, probe, guest_service_port=22, probe_from_network=from_network, extra={"fake": fake})
 
     return factory
 
@@ -118,7 +121,10 @@ def _parallels(name: str, arch: str = AMD64) -> Callable[[Path, pytest.FixtureRe
         def probe(host_port: int, guest_port: int) -> bool:
             return fake.forward_works(driver.vm, "tcp", host_port, guest_port)
 
-        return Harness(name, driver, probe, guest_service_port=22, extra={"fake": fake})
+        def from_network(host_port: int, guest_port: int) -> bool:
+            return fake.forward_works(driver.vm, "tcp", host_port, guest_port, host_ip="192.0.2.10")
+
+        return Harness(name, driver, probe, guest_service_port=22, probe_from_network=from_network, extra={"fake": fake})
 
     return factory
 

@@ -36,7 +36,11 @@ def qemu_harness(tmp_path: Path, request: pytest.FixtureRequest) -> Harness:
     def probe(host_port: int, guest_port: int) -> bool:
         return read_banner(host_port, 3).startswith(b"SSH-")
 
-    return Harness("qemu", driver, probe, booted, guest_service_port=22)
+    def from_network(host_port: int, guest_port: int) -> bool:
+        # QEMU binds exactly the address it is given; the test's network namespace has no other.
+        return any(f.host_port == host_port and f.host_ip == "0.0.0.0" for f in driver.list_forwards())
+
+    return Harness("qemu", driver, probe, booted, guest_service_port=22, probe_from_network=from_network)
 
 
 #: name -> factory(tmp_path, request) -> Harness. The VirtualBox and Parallels drivers
@@ -143,6 +147,50 @@ def test_lifecycle(harness: Harness) -> None:
     driver.remove()
     assert driver.state() == State.NOT_FOUND, "remove deletes the VM"
     driver.remove()  # twice: still fine (rm of a half-made machine relies on it)
+
+
+def test_a_loopback_forward_answers_on_both_loopbacks_and_never_on_the_network(harness: Harness) -> None:
+    """What the watcher makes of a bare -p (through forwarding/relay.py), on every driver:
+    the published port is held on 127.0.0.1 and ::1, by the hypervisor or by pymachine's
+    relay, and no hypervisor listener on every interface carries it. Parallels' rules
+    listen on every interface (its fake models that), so its rule gets a port that is
+    never published and the relay holds loopback."""
+    from pymachine.forwarding.relay import RelayingDriver
+
+    driver = harness.driver
+    driver.create()
+    driver.start()
+    harness.wait_booted()
+    relaying = RelayingDriver(driver, ipv6=True)
+    port, guest = free_port(), harness.guest_service_port
+    forward = PortForward("tcp", "127.0.0.1", port, guest)
+    try:
+        relaying.add_forward(forward)
+        assert relaying.list_forwards() == [forward]
+        hypervisor = relaying.made[forward.key].hypervisor
+        assert harness.probe_forward(hypervisor.host_port, guest), "the hypervisor's side does not reach the guest"
+        assert harness.probe_from_network is not None
+        assert not harness.probe_from_network(port, guest), "the published port answers from the network"
+        held = relaying.listening(forward)
+        assert f"[::1]:{port}" in held
+        if Feature.LOOPBACK_FORWARDS in driver.features:
+            assert hypervisor == forward, "a driver that binds loopback itself gets the forward as asked"
+        else:
+            assert hypervisor.host_port != port and f"127.0.0.1:{port}" in held
+        # The relay reaches the hypervisor's side: a real connection through it where the
+        # hypervisor really listens (QEMU), the port held by the relay otherwise.
+        if harness.name == "qemu":
+            assert read_banner(port, 3).startswith(b"SSH-")
+        with socket.socket(socket.AF_INET6) as probe, pytest.raises(OSError):
+            probe.bind(("::1", port))
+        relaying.remove_forward(forward)
+        assert relaying.list_forwards() == [] and driver.list_forwards() == []
+        assert not harness.probe_forward(hypervisor.host_port, guest)
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", port))  # free again
+    finally:
+        relaying.stop_relays()
+    driver.kill()
 
 
 def test_the_fake_harnesses_are_in_the_suite() -> None:

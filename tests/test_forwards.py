@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from pymachine.driver import PortForward
+from pymachine.driver import Feature, PortForward
 from pymachine.forwarding.listeners import (
     GUEST_SCRIPT,
     ListenerScanner,
@@ -278,7 +278,7 @@ class _NoUDPLoopbackOnly:
     """The watcher's view of a driver that declares neither UDP nor any-host-address."""
 
     name = "stub"
-    features = frozenset()
+    features = frozenset({Feature.LOOPBACK_FORWARDS})
 
     def __init__(self) -> None:
         self.added: list[PortForward] = []
@@ -708,3 +708,302 @@ def test_create_refuses_a_bad_ignore_port_before_anything_is_made(tmp_path: Path
     err = capsys.readouterr().err
     assert err.strip() == "Error: --ignore-port takes PORT, PORT/tcp or PORT/udp (1-65535), not '70000/tcp'. Run `pymachine create --help`"
     assert not (root / "machines" / "dev").exists()
+
+# -- relays: the host addresses a hypervisor cannot listen on (forwarding/relay.py) ----------
+
+
+class _LoopbackHypervisor:
+    """A driver whose forwards are real listeners, as QEMU's are: each forward is a TCP echo
+    server (or UDP echo socket) on its own host address and port, standing in for the guest."""
+
+    name = "loopback"
+
+    def __init__(self, loopback_only: bool = True) -> None:
+        import socket
+        import threading
+
+        self.socket, self.threading = socket, threading
+        self.features = frozenset({Feature.RUNTIME_FORWARDS, Feature.UDP_FORWARDS, Feature.ANY_HOST_ADDRESS} | ({Feature.LOOPBACK_FORWARDS} if loopback_only else set()))
+        self.servers: dict[PortForward, Any] = {}
+        self.added: list[PortForward] = []
+
+    def supports(self, feature: object) -> bool:
+        return feature in self.features
+
+    def docker_endpoint(self) -> object:
+        from pymachine.driver import Endpoint
+
+        return Endpoint("127.0.0.1", 2376)
+
+    def add_forward(self, forward: PortForward) -> None:
+        socket = self.socket
+        kind = socket.SOCK_STREAM if forward.protocol == "tcp" else socket.SOCK_DGRAM
+        # Without loopback-forwards the hypervisor binds every interface, as Parallels does.
+        address = forward.host_ip if Feature.LOOPBACK_FORWARDS in self.features else "0.0.0.0"
+        sock = socket.socket(socket.AF_INET, kind)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address, forward.host_port))
+        if forward.protocol == "tcp":
+            sock.listen(16)
+        self.servers[forward] = sock
+        self.added.append(forward)
+        self.threading.Thread(target=self._echo, args=(sock, forward.protocol, f"guest:{forward.guest_port}:".encode()), daemon=True).start()
+
+    @staticmethod
+    def _echo(sock: Any, protocol: str, tag: bytes) -> None:
+        try:
+            if protocol == "udp":
+                while True:
+                    data, addr = sock.recvfrom(65536)
+                    sock.sendto(tag + data, addr)
+            while True:
+                conn, _ = sock.accept()
+                with conn:
+                    conn.sendall(tag)
+                    while chunk := conn.recv(65536):
+                        conn.sendall(chunk)
+        except OSError:
+            return
+
+    def remove_forward(self, forward: PortForward) -> None:
+        sock = self.servers.pop(forward, None)
+        if sock is not None:
+            sock.shutdown(self.socket.SHUT_RDWR) if forward.protocol == "tcp" else None
+            sock.close()
+
+    def list_forwards(self) -> list[PortForward]:
+        return sorted(self.servers)
+
+    def close(self) -> None:
+        for forward in list(self.servers):
+            self.remove_forward(forward)
+
+
+def _port(protocol: str = "tcp") -> int:
+    from pymachine.forwarding.relay import free_port
+
+    return free_port(protocol)
+
+
+def _talk(ip: str, port: int, payload: bytes = b"hello") -> bytes:
+    """Connect, read the greeting, send payload, half-close, read to the end."""
+    import socket
+
+    with socket.create_connection((ip, port), timeout=5) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+def _refused(ip: str, port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection((ip, port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+@pytest.fixture
+def relaying():
+    from pymachine.forwarding.relay import RelayingDriver, ipv6_available
+
+    if not ipv6_available():
+        pytest.skip("this host cannot bind ::1")
+    made: list[tuple[RelayingDriver, _LoopbackHypervisor]] = []
+
+    def make(loopback_only: bool = True) -> tuple[RelayingDriver, _LoopbackHypervisor]:
+        hypervisor = _LoopbackHypervisor(loopback_only)
+        made.append((RelayingDriver(hypervisor), hypervisor))  # type: ignore[arg-type]
+        return made[-1]
+
+    yield make
+    for driver, hypervisor in made:
+        driver.stop_relays()
+        hypervisor.close()
+
+
+def test_a_loopback_forward_answers_on_both_loopbacks_and_goes_from_both(relaying) -> None:
+    driver, hypervisor = relaying()
+    port = _port()
+    forward = PortForward("tcp", "127.0.0.1", port, 80)
+    driver.add_forward(forward)
+    assert hypervisor.added == [forward], "the hypervisor forward is the one asked for"
+    big = bytes(range(256)) * 8192  # 2 MiB, both ways, with a half-close
+    assert _talk("127.0.0.1", port, big) == b"guest:80:" + big
+    assert _talk("::1", port, big) == b"guest:80:" + big
+    assert driver.list_forwards() == [forward]
+    driver.remove_forward(forward)
+    assert _refused("::1", port) and _refused("127.0.0.1", port)
+    assert driver.list_forwards() == []
+
+
+def test_ipv6_loopback_alone_gets_a_hidden_hypervisor_port(relaying) -> None:
+    driver, hypervisor = relaying()
+    port = _port()
+    forward = PortForward("tcp", "::1", port, 80)
+    driver.add_forward(forward)
+    [hidden] = hypervisor.added
+    assert hidden.host_ip == "127.0.0.1" and hidden.host_port != port and hidden.guest_port == 80
+    assert _talk("::1", port) == b"guest:80:hello"
+    assert _refused("127.0.0.1", port), "-p [::1] must not answer on 127.0.0.1"
+    assert driver.list_forwards() == [forward], "the hidden port shows as the forward it carries"
+    driver.remove_forward(forward)
+    assert _refused("::1", port) and hypervisor.list_forwards() == []
+
+
+def test_every_interface_answers_on_ipv6_any_too(relaying) -> None:
+    import socket
+
+    driver, hypervisor = relaying()
+    port = _port()
+    forward = PortForward("tcp", "0.0.0.0", port, 80)
+    driver.add_forward(forward)
+    assert hypervisor.added == [forward]
+    assert _talk("::1", port) == b"guest:80:hello"  # [::] includes ::1
+    assert driver.listening(forward) == [f"[::]:{port}"]
+    # The relay is IPv6 only: the hypervisor's 0.0.0.0 socket keeps IPv4.
+    with socket.socket(socket.AF_INET6) as probe:
+        probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        with pytest.raises(OSError):
+            probe.bind(("::", port))
+    driver.remove_forward(forward)
+    assert _refused("::1", port)
+
+
+def test_udp_is_relayed_per_client_address(relaying) -> None:
+    import socket
+
+    driver, _ = relaying()
+    port = _port("udp")
+    driver.add_forward(PortForward("udp", "127.0.0.1", port, 53))
+    clients = [socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) for _ in range(2)]
+    try:
+        for number, client in enumerate(clients):
+            client.settimeout(5)
+            client.sendto(f"q{number}".encode(), ("::1", port))
+        for number, client in enumerate(clients):
+            assert client.recv(100) == f"guest:53:q{number}".encode(), "each client gets its own answers"
+    finally:
+        for client in clients:
+            client.close()
+    driver.remove_forward(PortForward("udp", "127.0.0.1", port, 53))
+
+
+def test_without_loopback_forwards_the_hypervisor_port_is_hidden_and_loopback_is_ours(relaying) -> None:
+    """Parallels' case: its rules listen on every interface, so they get a port nobody is
+    told about and 127.0.0.1:H and [::1]:H are the relay's."""
+    import socket
+
+    driver, hypervisor = relaying(loopback_only=False)
+    port = _port()
+    forward = PortForward("tcp", "127.0.0.1", port, 80)
+    driver.add_forward(forward)
+    [hidden] = hypervisor.added
+    assert hidden.host_port != port
+    assert _talk("127.0.0.1", port) == b"guest:80:hello" and _talk("::1", port) == b"guest:80:hello"
+    assert sorted(driver.listening(forward)) == sorted([f"127.0.0.1:{port}", f"[::1]:{port}"])
+    # Nothing listens on H beyond loopback: every-interface binds of H are still free
+    # apart from 127.0.0.1 (on Linux, 0.0.0.0:H conflicts with a 127.0.0.1:H listener,
+    # so try another of the host's own addresses when it has one).
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.2", port))  # another loopback address: H is not held there
+    driver.remove_forward(forward)
+    assert _refused("127.0.0.1", port) and hypervisor.list_forwards() == []
+
+
+def test_a_taken_ipv6_port_fails_the_forward_it_was_asked_for_and_touches_no_hypervisor(relaying) -> None:
+    import socket
+
+    from pymachine.errors import PortUnavailable
+
+    driver, hypervisor = relaying()
+    port = _port()
+    with socket.socket(socket.AF_INET6) as squatter:
+        squatter.bind(("::1", port))
+        squatter.listen(1)
+        with pytest.raises(PortUnavailable) as caught:
+            driver.add_forward(PortForward("tcp", "::1", port, 80))
+        assert f"[::1]:{port}/tcp is in use" in str(caught.value) and "pymachine ports" in str(caught.value)
+        assert hypervisor.added == []
+        # A loopback forward still gets 127.0.0.1: ::1 beside it is best effort.
+        driver.add_forward(PortForward("tcp", "127.0.0.1", port, 80))
+        assert _talk("127.0.0.1", port) == b"guest:80:hello"
+    assert driver.listening(PortForward("tcp", "127.0.0.1", port, 80)) == []
+
+
+def test_a_forward_left_by_an_earlier_watcher_shows_as_it_is(relaying) -> None:
+    """A hidden port a crashed watcher left behind is unknown to the new one: it shows raw,
+    so reconciling removes it and makes the forward again."""
+    driver, hypervisor = relaying()
+    stale = PortForward("tcp", "127.0.0.1", _port(), 80)
+    hypervisor.add_forward(stale)
+    assert driver.list_forwards() == [stale]
+    driver.remove_forward(stale)
+    assert hypervisor.list_forwards() == []
+
+
+def test_pymachine_drivers_says_where_each_drivers_forwards_answer(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    program = Path(sys.executable).parent / "pymachine"
+    done = subprocess.run([str(program), "drivers"], capture_output=True, text=True, timeout=60, check=False, env={**os.environ, "PYMACHINE_STORAGE_PATH": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    said = {lines[i].split(":")[0]: lines[i + 1] for i, line in enumerate(lines) if not line.startswith(" ") and i + 1 < len(lines)}
+    for name in ("qemu", "virtualbox"):
+        assert "127.0.0.1:H by the hypervisor and [::1]:H by pymachine's relay" in said[name]
+    assert "127.0.0.1:H and [::1]:H by pymachine's relay, to a hypervisor port that is never published" in said["parallels"]
+    assert all("[::]:H by the relay" in said[name] for name in ("qemu", "virtualbox", "parallels"))
+
+
+def test_a_taken_ipv6_loopback_port_is_failed_with_the_reason(tmp_path) -> None:
+    import socket
+
+    from pymachine.forwarding.watcher import ForwardWatcher
+    from pymachine.store import Store
+
+    driver = _LoopbackHypervisor()
+    watcher = ForwardWatcher("dev", tmp_path, driver, "127.0.0.1", lambda: None, Store(tmp_path / "home"))  # type: ignore[arg-type]
+    port = _port()
+    try:
+        with socket.socket(socket.AF_INET6) as squatter:
+            squatter.bind(("::1", port))
+            squatter.listen(1)
+            item = WantedForward(PortForward("tcp", "::1", port, 80), "c1", "v6")
+            watcher._add(item)
+        assert watcher.failures[(item.forward.key, "c1")].reason == f"host port ::1:{port}/tcp is in use on this host"
+        assert driver.added == []
+    finally:
+        watcher.close()
+        driver.close()
+
+
+def test_ports_sees_a_relayed_forward_by_its_hypervisor_port(relaying) -> None:
+    """`pymachine ports` checks each active forward against the hypervisor's list: a
+    -p [::1] forward is there under its unpublished port, which the watcher records."""
+    from pymachine.driver import State
+    from pymachine.forwarding.process import check_active
+
+    driver, hypervisor = relaying()
+    port = _port()
+    forward = PortForward("tcp", "::1", port, 80)
+    driver.add_forward(forward)
+    hypervisor.state = lambda: State.RUNNING  # type: ignore[attr-defined]
+    row = {"protocol": "tcp", "host_ip": "::1", "host_port": port, "guest_port": 80, "state": "active", "reason": "", "hypervisor_port": driver.hypervisor_port(forward)}
+    assert row["hypervisor_port"] != port
+    rows = [dict(row)]
+    check_active(rows, hypervisor)  # type: ignore[arg-type]
+    assert (rows[0]["state"], rows[0]["reason"]) == ("active", "")
+    driver.remove_forward(forward)
+    rows = [dict(row)]
+    check_active(rows, hypervisor)  # type: ignore[arg-type]
+    assert rows[0]["state"] == "inactive" and "no such forward" in rows[0]["reason"]

@@ -322,3 +322,38 @@ def _free(port: int) -> bool:
             return True
         except OSError:
             return False
+
+
+
+
+def test_both_loopbacks_answer_and_go_with_the_container(cli: CLI) -> None:
+    """A bare -p answers on 127.0.0.1 and on ::1 (macOS's localhost), TCP and UDP, and both
+    stop with the container; -p [::1]:H:C answers on ::1 alone."""
+    port, udp_port, v6_port = free_port(), free_port(), free_port()
+    web(cli, "both", f"127.0.0.1:{port}:80")
+    assert wait_for(lambda: http_get(port, host="::1") is not None, timeout=15, interval=0.02), "nothing answered on [::1]"
+    assert "hello" in (http_get(port) or "") and "hello" in (http_get(port, host="::1") or "")
+    cli.docker(NAME, "stop", "-t", "1", "both")
+    assert wait_for(lambda: http_get(port, timeout=0.5, host="::1") is None and http_get(port, timeout=0.5) is None, timeout=15, interval=0.02)
+    cli.docker(NAME, "rm", "-f", "both")
+
+    cli.docker(NAME, "run", "-d", "--name", "udp6", "-p", f"{udp_port}:9999/udp", IMAGE, "nc.openbsd", "-u", "-l", "9999")
+    assert wait_for(lambda: (forward(cli, udp_port, "udp") or {}).get("state") == "active", timeout=20)
+
+    def delivered() -> bool:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.sendto(b"over-ipv6\n", ("::1", udp_port))
+        time.sleep(0.3)
+        return "over-ipv6" in cli.docker(NAME, "logs", "udp6").stdout
+
+    assert wait_for(delivered, timeout=30, interval=0.2), "a datagram to [::1] did not arrive"
+    cli.docker(NAME, "rm", "-f", "udp6")
+
+    # -p [::1]: Docker binds the guest's ::1 only, which the hypervisor's IPv4 NAT cannot
+    # reach: failed with the reason, and nothing answers on either loopback.
+    run = cli.docker(NAME, "run", "-d", "--name", "v6", "-p", f"[::1]:{v6_port}:80", IMAGE, "httpd", "-f", "-p", "80", "-h", "/www", check=False)
+    assert run.returncode == 0, run.stderr
+    assert wait_for(lambda: (forward(cli, v6_port) or {}).get("state") == "failed", timeout=20), str(forward(cli, v6_port))
+    assert "guest's ::1 only" in forward(cli, v6_port)["reason"]
+    assert http_get(v6_port, timeout=0.5) is None and http_get(v6_port, timeout=0.5, host="::1") is None
+    cli.docker(NAME, "rm", "-f", "v6")

@@ -276,6 +276,8 @@ def test_the_binding_limit_is_declared_honestly(made: tuple[ParallelsDriver, Fak
     assert "every host interface" in driver.details()["forwards_listen_on"]
     assert "every host interface" in (ParallelsDriver.__doc__ or "")
     assert Feature.ANY_HOST_ADDRESS in ParallelsDriver.features
+    # So a loopback forward's rule gets an unpublished port, behind the watcher's relay.
+    assert Feature.LOOPBACK_FORWARDS not in ParallelsDriver.features
 
 
 def test_remove_cleans_the_rules_of_a_vm_deleted_by_hand(made: tuple[ParallelsDriver, FakeParallels]) -> None:

@@ -156,6 +156,7 @@ class VirtualBoxDriver(Driver):
             Feature.STOPPED_FORWARDS,
             Feature.UDP_FORWARDS,
             Feature.ANY_HOST_ADDRESS,
+            Feature.LOOPBACK_FORWARDS,
             Feature.SERIAL_LOG,
             Feature.SHARED_FOLDERS,
             Feature.DISK_GROW,

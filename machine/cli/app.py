@@ -599,10 +599,12 @@ def doctor(ctx: typer.Context, fmt: str = typer.Option("text", "--format", "-f",
 def drivers() -> None:
     """List the drivers and their options (for `create -o KEY=VALUE`)."""
     from pymachine.driver import driver_names, load_driver
+    from pymachine.forwarding.relay import describe
 
     for name in driver_names():
         cls = load_driver(name)
         print(f"{name}: {(cls.__doc__ or '').strip().splitlines()[0]}")
+        print(f"  forwards: {describe(cls)}")
         for option_name, default, help_text in cls.options_class.describe():
             print(f"  -o {option_name}=...  {help_text} (default: {default or 'none'})")
 

@@ -4,7 +4,8 @@ Binding rules (docs/port-forwarding.md):
     -p 127.0.0.1:H:C   host 127.0.0.1:H    (the user asked for loopback)
     -p 0.0.0.0:H:C     host 0.0.0.0:H      (the user asked for every interface)
     -p H:C, -P         host <forward_bind>:H, 127.0.0.1 unless the machine says 0.0.0.0
-    -p [::1]:H:C       host ::1:H, which the watcher refuses with the reason (IPv4 only)
+    -p [::1]:H:C       host ::1:H only; failed by the watcher: the guest binds its ::1 only
+A loopback forward answers on ::1 too, and one on 0.0.0.0 on [::] too (the relays again).
 The guest side is always the port Docker bound in the guest (H), on the guest's address.
 A port bound to the guest's loopback only also needs a DNAT rule in the guest, because
 the hypervisor's NAT delivers to the guest's own address, not to 127.0.0.1.
@@ -20,9 +21,9 @@ from pymachine.driver import PortForward
 
 LOOPBACK_GUEST = ("127.0.0.1", "::1")
 ANY_GUEST = ("0.0.0.0", "::")
-#: -p [::1]:H:C asks for the host's IPv6 loopback, which no driver can forward (QEMU's
-#: user network takes IPv4 host addresses only): it is kept as asked, and the watcher
-#: marks it failed with the reason instead of quietly listening on 127.0.0.1.
+#: -p [::1]:H:C asks for the host's IPv6 loopback, which no hypervisor can forward (QEMU's
+#: user network takes IPv4 host addresses only): it is kept as asked, and the watcher's
+#: relay listens on [::1]:H alone, never on 127.0.0.1:H.
 IPV6_LOOPBACK = "::1"
 
 

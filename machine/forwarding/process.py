@@ -175,7 +175,10 @@ def check_active(forwards: list[dict[str, Any]], driver: Driver) -> None:
         except (KeyError, TypeError, ValueError):
             item.update(state="inactive", reason="its record is damaged")
             continue
-        if actual is not None and forward not in actual:
+        hidden = int(item.get("hypervisor_port") or forward.host_port)
+        # A relayed forward (forwarding/relay.py): the hypervisor holds an unpublished port.
+        expected = forward if hidden == forward.host_port else PortForward(forward.protocol, "127.0.0.1", hidden, forward.guest_port)
+        if actual is not None and expected not in actual:
             item.update(state="inactive", reason=f"the {driver.name} VM has no such forward any more")
         elif not host_port_listening(forward):
             item.update(state="inactive", reason=f"nothing listens on {forward.host_ip}:{forward.host_port}/{forward.protocol} on this host")
@@ -191,9 +194,12 @@ def host_port_listening(forward: PortForward) -> bool:
     if tables is not None:
         return forward.host_port in tables
     kind = socket.SOCK_STREAM if forward.protocol == "tcp" else socket.SOCK_DGRAM
-    with socket.socket(socket.AF_INET, kind) as probe:
+    ipv6 = ":" in forward.host_ip
+    with socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET, kind) as probe:
         try:
-            probe.bind(("0.0.0.0", forward.host_port))
+            if ipv6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            probe.bind(("::" if ipv6 else "0.0.0.0", forward.host_port))
         except OSError as exc:
             return exc.errno == errno.EADDRINUSE
     return False

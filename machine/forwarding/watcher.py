@@ -27,8 +27,9 @@ from typing import Any
 
 from pymachine.driver import Driver, Feature, PortForward, State
 from pymachine.errors import MachineError, PortUnavailable
-from pymachine.forwarding.plan import IPV6_LOOPBACK, WantedForward, plan, wanted_from_inspect
+from pymachine.forwarding.plan import WantedForward, plan, wanted_from_inspect
 from pymachine.forwarding.process import STATE_FILE, WatcherProcess
+from pymachine.forwarding.relay import RelayingDriver
 from pymachine.guest.certs import CertPaths
 from pymachine.guest.dockerapi import DockerAPI
 from pymachine.guest.ssh import GuestSSH
@@ -67,7 +68,8 @@ class ForwardWatcher:
     def __init__(self, name: str, directory: Path, driver: Driver, forward_bind: str, ssh: Callable[[], GuestSSH], store: Store) -> None:
         self.name = name
         self.directory = directory
-        self.driver = driver
+        # Forwards answer on ::1 (and [::]) too, through relays of ours (forwarding/relay.py).
+        self.driver: Any = RelayingDriver(driver)
         self.forward_bind = forward_bind
         self.open_ssh = ssh
         self.store = store
@@ -118,6 +120,7 @@ class ForwardWatcher:
                     with self.lock:
                         # Its forwards went with the VM (or are stale settings): none is active.
                         self.owners, self.failures = {}, {}
+                        self.driver.stop_relays()
                     self._health("stopped", detail="the machine is not running", since=_now())
                     return
                 idle = type(exc).__name__ in ("ReadTimeout", "ConnectionError") and "Read timed out" in str(exc)
@@ -140,6 +143,7 @@ class ForwardWatcher:
             return False
 
     def close(self) -> None:
+        self.driver.stop_relays()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.api.close()
         self.inspect_api.close()
@@ -270,6 +274,12 @@ class ForwardWatcher:
             self._fail(item, f"host port {forward.host_port}/{forward.protocol} already forwarded for container {owner.wanted.container_name}")
             return
         refused = self._refused(item.forward)
+        if item.forward.host_ip == "::1" and item.guest_loopback:
+            # The host side would work (relay.py), the guest side not: NAT delivers IPv4.
+            refused = (
+                f"Docker bound the guest's ::1 only, which the {self.driver.name} driver's IPv4 NAT cannot reach;"
+                f" publish with -p 127.0.0.1:{item.forward.host_port}:PORT, which answers on ::1 too"
+            )
         if refused:
             self._fail(item, refused)
             return
@@ -312,11 +322,6 @@ class ForwardWatcher:
 
     def _refused(self, forward: PortForward) -> str:
         """Why this driver cannot make the forward at all ("" when it can)."""
-        if forward.host_ip == IPV6_LOOPBACK:
-            return (
-                f"IPv6 host address ::1 cannot be forwarded: the {self.driver.name} driver forwards IPv4 host addresses only"
-                f" (QEMU's user network refuses them); publish with -p 127.0.0.1:{forward.host_port}:PORT"
-            )
         if forward.protocol == "udp" and not self.driver.supports(Feature.UDP_FORWARDS):
             return f"the {self.driver.name} driver cannot forward UDP"
         if forward.host_ip == "0.0.0.0" and not self.driver.supports(Feature.ANY_HOST_ADDRESS):
@@ -401,6 +406,8 @@ class ForwardWatcher:
                     "source": r.wanted.source,
                     "state": r.state,
                     "reason": r.reason,
+                    # the port the hypervisor itself holds, when a relay of ours fronts it
+                    "hypervisor_port": self.driver.hypervisor_port(r.wanted.forward),
                 }
                 for r in self.records()
             ]
