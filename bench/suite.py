@@ -53,15 +53,31 @@ class Table:
         print(f"  {figure}: {_fmt(row['median'], unit)} ({_fmt(row['min'], unit)} .. {_fmt(row['max'], unit)}, n={row['n']})", flush=True)
 
     def render(self, header: str) -> str:
-        lines = [header, "", f"| {'figure':<46} | {'median':>10} | {'min':>10} | {'max':>10} | {'n':>3} |", f"|{'-' * 48}|{'-' * 12}:|{'-' * 12}:|{'-' * 12}:|{'-' * 4}:|"]
+        lines = [
+            header,
+            "",
+            f"| {'figure':<46} | {'median':>10} | {'p95':>10} | {'min':>10} | {'max':>10} | {'n':>3} |",
+            f"|{'-' * 48}|{'-' * 12}:|{'-' * 12}:|{'-' * 12}:|{'-' * 12}:|{'-' * 4}:|",
+        ]
         section = None
         for row in self.rows:
             if row["section"] != section:
                 section = row["section"]
-                lines.append(f"| **{section}** | | | | |")
+                lines.append(f"| **{section}** | | | | | |")
             name = row["figure"] + (f" ({row['note']})" if row.get("note") else "")
-            lines.append(f"| {name:<46} | {_fmt(row['median'], row['unit']):>10} | {_fmt(row['min'], row['unit']):>10} | {_fmt(row['max'], row['unit']):>10} | {row['n']:>3} |")
+            # p95 only where it says something: ten runs or more
+            p95 = _fmt(row.get("p95"), row["unit"]) if row["n"] >= 10 else ""
+            cells = (_fmt(row["median"], row["unit"]), p95, _fmt(row["min"], row["unit"]), _fmt(row["max"], row["unit"]))
+            lines.append(f"| {name:<46} | " + " | ".join(f"{c:>10}" for c in cells) + f" | {row['n']:>3} |")
         return "\n".join(lines)
+
+    @classmethod
+    def from_json(cls, path: Path) -> tuple[Table, str]:
+        """A saved run, to render again: (its table, its header)."""
+        data = json.loads(Path(path).read_text())
+        table = cls()
+        table.rows = data["rows"]
+        return table, data["header"]
 
 
 def _fmt(value: float | None, unit: str) -> str:
@@ -279,7 +295,12 @@ def main() -> None:
     parser.add_argument("--load", type=int, default=100, help="containers in the load figure")
     parser.add_argument("--mb", type=int, default=200, help="megabytes moved per throughput run")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "run.json")
+    parser.add_argument("--render", type=Path, metavar="RUN.json", help="print the table of a saved run again, and measure nothing")
     args = parser.parse_args()
+    if args.render:
+        table, header = Table.from_json(args.render)
+        print(table.render(header))
+        return
     parts = [p for p in args.only.split(",") if p]
     unknown = set(parts) - set(PARTS)
     if unknown:
