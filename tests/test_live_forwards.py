@@ -298,34 +298,6 @@ def test_listener_forwarding_can_be_turned_off_and_ports_ignored(cli: CLI) -> No
         print(f"listener latency over {len(ordered)}: median {ordered[len(ordered) // 2]:.2f}s, max {ordered[-1]:.2f}s")
 
 
-def test_stop_start_and_rm_leave_no_forward_or_process(cli: CLI) -> None:
-    port = free_port()
-    web(cli, "persist", f"{port}:80", extra=("--restart", "always"))
-    assert wait_for(lambda: http_get(port) is not None, timeout=20)
-    watcher = read_pidfile(cli.machine_dir(NAME) / "watcher.pid")
-    cli.pm("stop", NAME)
-    assert http_get(port, timeout=0.5) is None
-    assert watcher and wait_for(lambda: not alive(watcher), timeout=20)
-    cli.pm("start", NAME)
-    assert wait_for(lambda: http_get(port) is not None, timeout=60, interval=0.2), "the running container's forward was not restored"
-    qemu = read_pidfile(cli.machine_dir(NAME) / "qemu.pid")
-    watcher = read_pidfile(cli.machine_dir(NAME) / "watcher.pid")
-    cli.pm("rm", "-y", NAME)
-    assert http_get(port, timeout=0.5) is None
-    assert wait_for(lambda: not alive(qemu) and not alive(watcher), timeout=30)
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
-
-
 def test_both_loopbacks_answer_and_go_with_the_container(cli: CLI) -> None:
     """A bare -p answers on 127.0.0.1 and on ::1 (macOS's localhost), TCP and UDP, and both
     stop with the container; -p [::1]:H:C answers on ::1 alone."""
@@ -357,3 +329,29 @@ def test_both_loopbacks_answer_and_go_with_the_container(cli: CLI) -> None:
     assert "guest's ::1 only" in forward(cli, v6_port)["reason"]
     assert http_get(v6_port, timeout=0.5) is None and http_get(v6_port, timeout=0.5, host="::1") is None
     cli.docker(NAME, "rm", "-f", "v6")
+
+
+def test_stop_start_and_rm_leave_no_forward_or_process(cli: CLI) -> None:
+    port = free_port()
+    web(cli, "persist", f"{port}:80", extra=("--restart", "always"))
+    assert wait_for(lambda: http_get(port) is not None, timeout=20)
+    watcher = read_pidfile(cli.machine_dir(NAME) / "watcher.pid")
+    cli.pm("stop", NAME)
+    assert http_get(port, timeout=0.5) is None
+    assert watcher and wait_for(lambda: not alive(watcher), timeout=20)
+    cli.pm("start", NAME)
+    assert wait_for(lambda: http_get(port) is not None, timeout=60, interval=0.2), "the running container's forward was not restored"
+    qemu = read_pidfile(cli.machine_dir(NAME) / "qemu.pid")
+    watcher = read_pidfile(cli.machine_dir(NAME) / "watcher.pid")
+    cli.pm("rm", "-y", NAME)
+    assert http_get(port, timeout=0.5) is None
+    assert wait_for(lambda: not alive(qemu) and not alive(watcher), timeout=30)
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
