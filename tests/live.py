@@ -79,3 +79,17 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def machine_with_image(tmp_path_factory, name: str, rootfs: Path, image: str):
+    """A module's one machine (restricted network, 1.5 GiB) with `image` imported from
+    `rootfs`, removed when the module is done, whatever a test left."""
+    from .conftest import image_cache
+
+    cli = CLI(tmp_path_factory.mktemp("store"), image_cache())
+    try:
+        cli.pm("create", name, "-o", "restrict-network=true", "--memory", "1536")
+        cli.docker(name, "import", str(rootfs), f"{image}:latest")
+        yield cli
+    finally:
+        cli.pm("rm", "-f", "-y", name, check=False)

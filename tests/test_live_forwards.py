@@ -12,9 +12,8 @@ import pytest
 
 from pymachine.procs import alive, read_pidfile
 
-from .conftest import image_cache
 from .contract import wait_for
-from .live import CLI, free_port, http_get
+from .live import CLI, free_port, http_get, machine_with_image
 
 pytestmark = [pytest.mark.live, pytest.mark.timeout(900)]
 NAME = "fwd"
@@ -23,11 +22,7 @@ IMAGE = "busybox-local"
 
 @pytest.fixture(scope="module")
 def cli(tmp_path_factory: pytest.TempPathFactory, boot_image, busybox_rootfs: Path, docker_config):
-    cli = CLI(tmp_path_factory.mktemp("store"), image_cache())
-    cli.pm("create", NAME, "-o", "restrict-network=true", "--memory", "1536")
-    cli.docker(NAME, "import", str(busybox_rootfs), f"{IMAGE}:latest")
-    yield cli
-    cli.pm("rm", "-f", "-y", NAME, check=False)
+    yield from machine_with_image(tmp_path_factory, NAME, busybox_rootfs, IMAGE)
 
 
 def web(cli: CLI, name: str, *publish: str, port: int = 80, extra: tuple[str, ...] = ()) -> None:

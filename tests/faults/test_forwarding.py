@@ -34,6 +34,7 @@ from pymachine.store import Store
 
 from ..contract import make_spec, wait_for
 from ..fakes.processes import FakeVMs
+from ..live import free_port
 
 PORT = 8096
 A_ID, B_ID = "a" * 64, "b" * 64
@@ -376,11 +377,11 @@ def test_fake_virtualbox_rules_honour_the_host_address_and_a_taken_port(tmp_path
         holder.bind(("127.0.0.1", 0))
         holder.listen(1)
         driver.add_forward(PortForward("tcp", "127.0.0.1", holder.getsockname()[1], 22))
-    free = _free_port()
+    free = free_port()
     driver.add_forward(PortForward("tcp", "127.0.0.1", free, 22))
     assert fake.forward_works(driver.vm, "tcp", free, 22, host_ip="127.0.0.1")
     assert not fake.forward_works(driver.vm, "tcp", free, 22, host_ip="192.0.2.10"), "a loopback rule answered on another address"
-    wide = _free_port()
+    wide = free_port()
     driver.add_forward(PortForward("tcp", "0.0.0.0", wide, 22))
     assert fake.forward_works(driver.vm, "tcp", wide, 22, host_ip="192.0.2.10")
     driver.kill()
@@ -395,7 +396,7 @@ def test_fake_virtualbox_a_second_vm_on_a_port_the_first_holds_is_deaf(tmp_path:
     second.runner = first.runner  # one host: the second machine on the first one's fake
     for driver in (first, second):
         driver.create()
-    port = _free_port()
+    port = free_port()
     for driver in (first, second):
         driver.add_forward(PortForward("tcp", "127.0.0.1", port, 22))  # stopped: kept in settings
     first.start()
@@ -413,7 +414,7 @@ def test_fake_parallels_rules_listen_everywhere_unless_the_port_is_taken(tmp_pat
     driver, fake = parallels_driver(tmp_path)
     driver.create()
     driver.start()
-    port = _free_port()
+    port = free_port()
     driver.add_forward(PortForward("tcp", "127.0.0.1", port, 22))
     assert fake.forward_works(driver.vm, "tcp", port, 22, host_ip="192.0.2.10"), "a Parallels rule has no host address"
     with socket.socket() as holder:
@@ -426,12 +427,6 @@ def test_fake_parallels_rules_listen_everywhere_unless_the_port_is_taken(tmp_pat
     driver.remove()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # -- live: one QEMU machine for the module -----------------------------------------------------
 
 NAME = "faults"
@@ -440,14 +435,9 @@ IMAGE = "busybox-local"
 
 @pytest.fixture(scope="module")
 def cli(tmp_path_factory: pytest.TempPathFactory, boot_image, busybox_rootfs: Path, docker_config):
-    from ..conftest import image_cache
-    from ..live import CLI
+    from ..live import machine_with_image
 
-    cli = CLI(tmp_path_factory.mktemp("store"), image_cache())
-    cli.pm("create", NAME, "-o", "restrict-network=true", "--memory", "1536")
-    cli.docker(NAME, "import", str(busybox_rootfs), f"{IMAGE}:latest")
-    yield cli
-    cli.pm("rm", "-f", "-y", NAME, check=False)
+    yield from machine_with_image(tmp_path_factory, NAME, busybox_rootfs, IMAGE)
 
 
 def serve(text: str, port: int = 80) -> list[str]:
