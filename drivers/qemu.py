@@ -55,7 +55,7 @@ from pymachine.errors import (
     MachineStateError,
     PortUnavailable,
 )
-from pymachine.procs import alive, cmdline, read_pidfile, resident_mb, started_with, terminate, wait_gone
+from pymachine.procs import carries, cmdline, resident_mb, running_from, terminate, wait_gone
 from pymachine.runner import Runner
 
 from .qemu_firmware import FirmwareChoice, choose_uefi, descriptor_files, read_descriptors, search_folders
@@ -945,13 +945,7 @@ def qemu_of(folder: Path) -> int | None:
     found in "pymachine-devcopy").
     """
     pidfile = folder / "qemu.pid"
-    pid = read_pidfile(pidfile)
-    if pid is None or not alive(pid):
-        return None
-    argv = cmdline(pid)
-    if argv is not None and not started_with(argv, "-pidfile", pidfile):
-        return None
-    return pid
+    return running_from(pidfile, ["-pidfile", pidfile])
 
 
 def socket_path(folder: Path, role: str) -> str:
@@ -979,7 +973,7 @@ def _qemu_on_socket(folder: Path, path: str) -> int | None:
     except OSError:
         return None
     argv = cmdline(pid)
-    if pid <= 0 or argv is None or not started_with(argv, "-pidfile", folder / "qemu.pid"):
+    if pid <= 0 or argv is None or not carries(argv, ["-pidfile", folder / "qemu.pid"]):
         return None
     return pid
 

@@ -6,6 +6,7 @@ stale pidfile whose PID was reused by another program is never signalled.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -73,18 +74,6 @@ def start_time(pid: int) -> str | None:
     return None
 
 
-def started_with(argv: list[str], option: str, path: Path) -> bool:
-    """True if `argv` passes `option` exactly `path` (as given, or with symlinks resolved).
-
-    A folder's path is its machine's mark: `machines/dev/qemu.pid` is no prefix of
-    `machines/devcopy/qemu.pid`, where a substring test on "pymachine-dev" would match.
-    macOS's ps gives the command line as one string: it is matched whole.
-    """
-    wanted = {str(path), os.path.realpath(path)}
-    line = " " + " ".join(argv) + " "
-    return any(f" {option} {value} " in line for value in wanted)
-
-
 def ps_command(pid: int, ps: str = "ps") -> str | None:
     """`ps -o command= -p PID`: the command line joined with spaces (spaces inside an
     argument cannot be told from those between arguments), or None for no such process."""
@@ -96,21 +85,35 @@ def ps_command(pid: int, ps: str = "ps") -> str | None:
     return text if out.returncode == 0 and text else None
 
 
-def carries(command: list[str] | str, mark: Sequence[str]) -> bool:
+def carries(command: list[str] | str, mark: Sequence[str | Path]) -> bool:
     """True if the command line holds `mark`, consecutive whole arguments (such as
-    ["-pidfile", "/home/u/.docker/machine/machines/dev/qemu.pid"]). Whole arguments: the
-    mark of machine `dev` is not found in the command line of machine `dev2`."""
-    words = list(mark)
-    if not words:
+    ["-pidfile", Path("/home/u/.docker/machine/machines/dev/qemu.pid")]). Whole arguments:
+    the mark of machine `dev` is not found in the command line of machine `dev2`, nor
+    `machines/dev/qemu.pid` in `machines/devcopy/qemu.pid`. A Path in the mark matches
+    as given or with its symlinks resolved.
+
+    macOS's ps gives the command line as one string (spaces inside an argument cannot be
+    told from those between arguments): there the mark must stand between spaces or ends.
+    """
+    choices = [_spellings(word) for word in mark]
+    if not choices:
         return False
     if isinstance(command, str):
-        # macOS: arguments joined with spaces; the mark must stand between spaces or ends.
-        return f" {' '.join(words)} " in f" {command.strip()} "
-    size = len(words)
-    return any(command[i : i + size] == words for i in range(len(command) - size + 1))
+        line = f" {command.strip()} "
+        return any(f" {' '.join(words)} " in line for words in itertools.product(*choices))
+    size = len(choices)
+    return any(all(arg in choice for arg, choice in zip(command[i : i + size], choices)) for i in range(len(command) - size + 1))
 
 
-def running_from(pidfile: Path, mark: Sequence[str]) -> int | None:
+def _spellings(word: str | Path) -> tuple[str, ...]:
+    """How a command line may spell one word of a mark: a string as it is; a path as
+    given, or with its symlinks resolved."""
+    if isinstance(word, Path):
+        return tuple(dict.fromkeys((str(word), os.path.realpath(word))))
+    return (word,)
+
+
+def running_from(pidfile: Path, mark: Sequence[str | Path]) -> int | None:
     """The PID in `pidfile` if that process is alive and its command line carries `mark`.
 
     The mark is unique to one machine (its pidfile's path, its folder), so a PID that

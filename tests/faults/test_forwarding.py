@@ -28,7 +28,7 @@ from pymachine.errors import PortUnavailable
 from pymachine.forwarding.plan import wanted_from_inspect
 from pymachine.forwarding.process import PIDFILE, STATE_FILE, WatcherProcess, check_active
 from pymachine.forwarding.watcher import ForwardWatcher
-from pymachine.procs import alive, carries, ps_command, read_pidfile
+from pymachine.procs import alive, carries, ps_command, read_pidfile, running_from
 from pymachine.runner import Runner
 from pymachine.store import Store
 
@@ -323,6 +323,29 @@ def test_on_macos_the_mark_is_read_from_ps(tmp_path: Path, monkeypatch: pytest.M
     assert not carries(qemu, ["-pidfile", f"{store}/machines/dev/qemu.pid"])
     assert carries(watcher, ["pymachine.cli.watcher", "--storage-path", store, "dev2"])
     assert not carries(watcher, ["pymachine.cli.watcher", "--storage-path", store, "dev"])
+    # A Path in the mark (as QEMU's is) is found in ps's one string as well.
+    assert carries(qemu, ["-pidfile", Path(f"{store}/machines/dev2/qemu.pid")])
+    assert not carries(qemu, ["-pidfile", Path(f"{store}/machines/dev/qemu.pid")])
+
+
+def test_a_mark_is_whole_consecutive_arguments_and_a_path_may_be_spelled_resolved(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    (real / "machines" / "dev").mkdir(parents=True)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    pidfile = link / "machines" / "dev" / "qemu.pid"
+    resolved = str(real / "machines" / "dev" / "qemu.pid")
+    argv = ["qemu-system-x86_64", "-name", "pymachine-dev", "-pidfile", resolved, "-daemonize"]
+    assert carries(argv, ["-pidfile", pidfile]), "QEMU started with the resolved path is this folder's"
+    assert carries(argv[:3] + ["-pidfile", str(pidfile)], ["-pidfile", pidfile]), "and so is one started with the path as given"
+    assert not carries(argv, ["-pidfile", str(pidfile)]), "a string is matched as it is, never resolved"
+    devcopy = ["qemu-system-x86_64", "-pidfile", str(real / "machines" / "devcopy" / "qemu.pid")]
+    assert not carries(devcopy, ["-pidfile", real / "machines" / "dev" / "qemu.pid"]), "machines/dev is no prefix of machines/devcopy"
+    assert not carries(["qemu-system-x86_64", f"-pidfile {resolved}"], ["-pidfile", pidfile]), "one argument holding a space is not two"
+    assert not carries(["-pidfile", "x", resolved], ["-pidfile", pidfile]), "the words must be consecutive"
+    assert not carries(argv, [])
+    with pytest.raises(TypeError):
+        running_from(pidfile, "-pidfile")
 
 
 # -- the keeper: a killed watcher comes back with no command run (through the fake VirtualBox) --
