@@ -21,8 +21,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pymachine.forwarding.process import (
     EXIT_BUSY,
@@ -38,6 +40,9 @@ from pymachine.forwarding.process import (
 from pymachine.locking import FileLock, LockBusy
 from pymachine.procs import read_pidfile
 from pymachine.store import atomic_write
+
+if TYPE_CHECKING:
+    from pymachine.machine import Machine
 
 log = logging.getLogger("pymachine.watcher")
 
@@ -63,16 +68,47 @@ def main(argv: list[str]) -> int:
     return run_keeper(directory) if keep else run_watcher(root, name)
 
 
-def run_keeper(directory: Path) -> int:
-    name = directory.name
-    lock = FileLock(directory / KEEPER_LOCKFILE)
+@contextmanager
+def only_one(directory: Path, lockfile: str, pidfile: str, busy: int) -> Iterator[int | None]:
+    """For the block, this process is the only one of its kind for the machine in
+    `directory`: it holds `lockfile` (taken without waiting) and its PID is in `pidfile`.
+
+    Yields None then, or, having written nothing, the exit status to leave with when it
+    lost the race: `busy` when another process holds the lock, EXIT_GIVE_UP when the
+    machine's folder is gone. On leaving it removes the pidfile if that still names this
+    process, then lets go of the lock.
+    """
+    lock = FileLock(directory / lockfile)
+    refused = None
     try:
         lock.acquire(timeout=0)
     except LockBusy:
-        return EXIT_DONE  # another keeper looks after this machine
+        refused = busy
     except FileNotFoundError:
-        return EXIT_GIVE_UP
-    atomic_write(directory / KEEPER_PIDFILE, f"{os.getpid()}\n", mode=0o644)
+        refused = EXIT_GIVE_UP
+    if refused is not None:
+        yield refused
+        return
+    try:
+        atomic_write(directory / pidfile, f"{os.getpid()}\n", mode=0o644)
+        yield None
+    finally:
+        if read_pidfile(directory / pidfile) == os.getpid():
+            (directory / pidfile).unlink(missing_ok=True)
+        lock.release()
+
+
+def run_keeper(directory: Path) -> int:
+    # A lost race: another keeper looks after this machine (EXIT_DONE), or it is gone.
+    with only_one(directory, KEEPER_LOCKFILE, KEEPER_PIDFILE, busy=EXIT_DONE) as refused:
+        if refused is not None:
+            return refused
+        return _keep(directory)
+
+
+def _keep(directory: Path) -> int:
+    """The keeper's loop: start the watcher, and again after each crash, until stopped."""
+    name = directory.name
     state: dict[str, Any] = {"stopping": False, "child": None}
 
     def stop(signum: int, frame: Any) -> None:
@@ -84,30 +120,25 @@ def run_keeper(directory: Path) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     pause = RESTART_PAUSE
-    try:
-        while not state["stopping"] and directory.is_dir():
-            started = time.monotonic()
-            child = subprocess.Popen(watcher_argv(directory, keep=False), stdin=subprocess.DEVNULL, close_fds=True)
-            state["child"] = child
-            if state["stopping"]:
-                child.terminate()
-            code = child.wait()
-            state["child"] = None
-            if state["stopping"] or code in (EXIT_DONE, EXIT_GIVE_UP):
-                break
-            if code == EXIT_BUSY:
-                # A watcher the keeper did not start (its keeper died): look after that one.
-                _wait_while(lambda: WatcherProcess(directory.parent.parent, directory).pid() is not None, state)
-                continue
-            how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
-            lived = time.monotonic() - started
-            pause = RESTART_PAUSE if lived >= STABLE_AFTER else min(pause * 2, RESTART_MAX)
-            log.warning("watcher for %s ended (%s) after %.1fs; its keeper starts it again in %.1fs", name, how, lived, pause)
-            _wait_while(lambda: True, state, pause)
-    finally:
-        if read_pidfile(directory / KEEPER_PIDFILE) == os.getpid():
-            (directory / KEEPER_PIDFILE).unlink(missing_ok=True)
-        lock.release()
+    while not state["stopping"] and directory.is_dir():
+        started = time.monotonic()
+        child = subprocess.Popen(watcher_argv(directory, keep=False), stdin=subprocess.DEVNULL, close_fds=True)
+        state["child"] = child
+        if state["stopping"]:
+            child.terminate()
+        code = child.wait()
+        state["child"] = None
+        if state["stopping"] or code in (EXIT_DONE, EXIT_GIVE_UP):
+            break
+        if code == EXIT_BUSY:
+            # A watcher the keeper did not start (its keeper died): look after that one.
+            _wait_while(lambda: WatcherProcess(directory.parent.parent, directory).pid() is not None, state)
+            continue
+        how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+        lived = time.monotonic() - started
+        pause = RESTART_PAUSE if lived >= STABLE_AFTER else min(pause * 2, RESTART_MAX)
+        log.warning("watcher for %s ended (%s) after %.1fs; its keeper starts it again in %.1fs", name, how, lived, pause)
+        _wait_while(lambda: True, state, pause)
     return EXIT_DONE
 
 
@@ -121,7 +152,6 @@ def _wait_while(condition: Any, state: dict[str, Any], limit: float | None = Non
 
 def run_watcher(root: Path, name: str) -> int:
     from pymachine.errors import MachineError
-    from pymachine.forwarding.watcher import Stop
     from pymachine.home import Home
     from pymachine.machine import Machine
 
@@ -130,16 +160,19 @@ def run_watcher(root: Path, name: str) -> int:
     except MachineError as exc:
         log.error("watcher for %s cannot run: %s", name, exc)
         return EXIT_GIVE_UP
-    directory = machine.directory
-    lock = FileLock(directory / LOCKFILE)
-    try:
-        lock.acquire(timeout=0)
-    except LockBusy:
-        return EXIT_BUSY  # another watcher runs for this machine
-    except FileNotFoundError:
-        log.error("watcher for %s cannot run: the machine's folder is gone", name)
-        return EXIT_GIVE_UP
-    atomic_write(directory / PIDFILE, f"{os.getpid()}\n", mode=0o644)
+    # A lost race: another watcher runs for this machine (EXIT_BUSY), or its folder is gone.
+    with only_one(machine.directory, LOCKFILE, PIDFILE, busy=EXIT_BUSY) as refused:
+        if refused == EXIT_GIVE_UP:
+            log.error("watcher for %s cannot run: the machine's folder is gone", name)
+        if refused is not None:
+            return refused
+        return _watch(machine, name)
+
+
+def _watch(machine: Machine, name: str) -> int:
+    """The watcher's loop until SIGTERM, or until its machine stops."""
+    from pymachine.errors import MachineError
+    from pymachine.forwarding.watcher import Stop
 
     def stop(signum: int, frame: Any) -> None:
         raise Stop()
@@ -164,9 +197,6 @@ def run_watcher(root: Path, name: str) -> int:
             scanner.stop()
         if watcher is not None:
             watcher.close()
-        if read_pidfile(directory / PIDFILE) == os.getpid():
-            (directory / PIDFILE).unlink(missing_ok=True)
-        lock.release()
     return EXIT_DONE
 
 

@@ -348,6 +348,66 @@ def test_a_mark_is_whole_consecutive_arguments_and_a_path_may_be_spelled_resolve
         running_from(pidfile, "-pidfile")
 
 
+# -- the keeper and the watcher: only one of each per machine --
+
+
+@pytest.mark.parametrize("keep", [True, False], ids=["keeper", "watcher"])
+def test_a_keeper_or_watcher_that_loses_the_race_leaves_the_winners_files_alone(tmp_path: Path, keep: bool) -> None:
+    from pymachine.cli.watcher import run_keeper, run_watcher
+    from pymachine.forwarding.process import EXIT_BUSY, EXIT_DONE, EXIT_GIVE_UP, KEEPER_LOCKFILE, KEEPER_PIDFILE, LOCKFILE
+    from pymachine.locking import FileLock, LockBusy
+
+    from .store_tool import seed
+
+    root = tmp_path / "store"
+    directory = seed(root, "dev")
+    lockfile, pidfile = (KEEPER_LOCKFILE, KEEPER_PIDFILE) if keep else (LOCKFILE, PIDFILE)
+    run = (lambda: run_keeper(directory)) if keep else (lambda: run_watcher(root, "dev"))
+    winner = FileLock(directory / lockfile)
+    winner.acquire(timeout=0)
+    (directory / pidfile).write_text("4242\n")
+    # The keeper leaves quietly (another looks after the machine); the watcher tells its keeper it is busy.
+    assert run() == (EXIT_DONE if keep else EXIT_BUSY)
+    assert (directory / pidfile).read_text() == "4242\n", "the loser wrote or removed the winner's pidfile"
+    assert winner.held
+    with pytest.raises(LockBusy):
+        FileLock(directory / lockfile).acquire(timeout=0)
+    winner.release()
+    (directory / pidfile).unlink()
+    if keep:
+        # A folder gone before the keeper started: nothing to keep, nothing written.
+        gone = root / "machines" / "gone"
+        assert run_keeper(gone) == EXIT_GIVE_UP
+        assert not gone.exists()
+
+
+def test_only_one_holds_the_lock_and_the_pidfile_for_its_block(tmp_path: Path) -> None:
+    from pymachine.cli.watcher import only_one
+    from pymachine.forwarding.process import EXIT_BUSY, EXIT_GIVE_UP, LOCKFILE
+    from pymachine.locking import FileLock, LockBusy
+
+    directory = tmp_path / "machines" / "dev"
+    directory.mkdir(parents=True)
+    with only_one(directory, LOCKFILE, PIDFILE, busy=EXIT_BUSY) as refused:
+        assert refused is None
+        assert read_pidfile(directory / PIDFILE) == os.getpid()
+        with pytest.raises(LockBusy):
+            FileLock(directory / LOCKFILE).acquire(timeout=0)
+        with only_one(directory, LOCKFILE, PIDFILE, busy=EXIT_BUSY) as second:
+            assert second == EXIT_BUSY
+        assert read_pidfile(directory / PIDFILE) == os.getpid(), "the loser removed the winner's pidfile"
+    assert not (directory / PIDFILE).exists(), "the pidfile outlived its process's block"
+    FileLock(directory / LOCKFILE).acquire(timeout=0)  # given back
+    # A pidfile that names another process by the time the block ends is left alone.
+    with only_one(directory, "other.lock", "other.pid", busy=EXIT_BUSY) as refused:
+        assert refused is None
+        (directory / "other.pid").write_text("4242\n")
+    assert (directory / "other.pid").read_text() == "4242\n"
+    with only_one(tmp_path / "machines" / "gone", LOCKFILE, PIDFILE, busy=EXIT_BUSY) as refused:
+        assert refused == EXIT_GIVE_UP
+    assert not (tmp_path / "machines" / "gone").exists()
+
+
 # -- the keeper: a killed watcher comes back with no command run (through the fake VirtualBox) --
 
 
