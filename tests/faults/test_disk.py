@@ -21,7 +21,7 @@ import pytest
 
 from pymachine import machine as machine_module
 from pymachine.driver import BootMedia, Feature, State
-from pymachine.drivers.parallels import TRANSITIONAL_STATUSES, VM_STATES
+from pymachine.drivers.parallels import TRANSITIONAL_STATUSES, VM_STATES, ParallelsDriver
 from pymachine.drivers.qemu import QemuDriver, QemuOptions
 from pymachine.errors import DataDiskFull, DriverError, MachineError, MachineStateError
 from pymachine.guest.provision import FACTS_SCRIPT, FULL_BELOW_KB, GuestFacts, full_disk_error, nic_addresses
@@ -34,7 +34,7 @@ from ..conftest import image_cache
 from ..contract import make_spec, wait_for
 from ..fake_harnesses import parallels_driver, virtualbox_driver
 from ..fakes.guest import GuestFarm
-from ..fakes.parallels_model import VM_STATE_WORDS
+from ..fakes.parallels_model import VM_STATE_WORDS, FakeParallels
 from ..fakes.vbox_model import FakeVirtualBox
 from ..live import CLI
 from ..test_fake_end_to_end import _world
@@ -240,12 +240,19 @@ def test_qemu_img_grows_a_stopped_qcow2(tmp_path: Path) -> None:
 # -- Parallels: every word prlctl prints, and the ones it passes through ---------------------
 
 
-@pytest.mark.parametrize("status", sorted(VM_STATE_WORDS.values()))
-def test_start_from_every_status_starts_or_says_what_to_run(tmp_path: Path, status: str) -> None:
+def parallels_vm_in(tmp_path: Path, status: str, settle_timeout: float) -> tuple[ParallelsDriver, FakeParallels]:
+    """Parallels VM 'dev', made on the fake host, then put in `status` as prlctl would show
+    it; its driver waits `settle_timeout` seconds for a passing status to end. (driver, fake)"""
     driver, fake = parallels_driver(tmp_path, name="dev")
-    driver.settle_timeout = 0.3
+    driver.settle_timeout = settle_timeout
     driver.create()
     fake.set_status("dev", status)
+    return driver, fake
+
+
+@pytest.mark.parametrize("status", sorted(VM_STATE_WORDS.values()))
+def test_start_from_every_status_starts_or_says_what_to_run(tmp_path: Path, status: str) -> None:
+    driver, fake = parallels_vm_in(tmp_path, status, settle_timeout=0.3)
     assert status in VM_STATES
     try:
         driver.start()
@@ -260,10 +267,7 @@ def test_start_from_every_status_starts_or_says_what_to_run(tmp_path: Path, stat
 
 @pytest.mark.parametrize("status", ["compacting", "stopping", "syncing", "del_snapshot"])
 def test_start_waits_for_parallels_to_finish(tmp_path: Path, status: str) -> None:
-    driver, fake = parallels_driver(tmp_path, name="dev")
-    driver.settle_timeout = 20.0
-    driver.create()
-    fake.set_status("dev", status)
+    driver, fake = parallels_vm_in(tmp_path, status, settle_timeout=20.0)
     assert status in TRANSITIONAL_STATUSES
     timer = threading.Timer(0.5, fake.set_status, ("dev", "stopped"))
     timer.start()

@@ -20,6 +20,7 @@ import stat
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,7 @@ from pymachine.progress import RecordingProgress
 from ..contract import make_spec, wait_for
 from ..fake_harnesses import parallels_driver
 from ..fakes import vbox_model
+from ..fakes.parallels_model import FakeParallels
 from ..fakes.tools import install
 from ..fakes.vbox_model import FakeVirtualBox
 from ..live import program
@@ -59,6 +61,13 @@ def clean(result: subprocess.CompletedProcess) -> None:
     assert "Traceback" not in text and "Logging error" not in text, text
 
 
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    """No traceback, and exit status 0."""
+    clean(result)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 #: How `create` shows its steps on a stderr that is no terminal: progress, not errors.
 PROGRESS_MARKS = ("  ", "✔ ", "✘ ", "! ")
 
@@ -76,9 +85,7 @@ def one_error(result: subprocess.CompletedProcess, next_command: str) -> str:
 
 
 def rows(storage: Path, env: dict[str, str] | None = None) -> dict[str, dict]:
-    result = pm(storage, "ls", "--format", "json", env=env)
-    clean(result)
-    assert result.returncode == 0, result.stderr
+    result = ok(pm(storage, "ls", "--format", "json", env=env))
     return {row["Name"]: row for row in json.loads(result.stdout)}
 
 
@@ -171,9 +178,7 @@ def test_rm_of_a_copied_qemu_folder_leaves_the_original_running(storage: Path, s
     assert "the config.json of machine 'dev'" in line
     assert alive(qemu) and machine_digest(dev) == before
 
-    removed = pm(storage, "rm", "-f", "-y", "devcopy")
-    clean(removed)
-    assert removed.returncode == 0, removed.stderr
+    ok(pm(storage, "rm", "-f", "-y", "devcopy"))
     assert not (dev.parent / "devcopy").exists()
     assert alive(qemu), "rm -f of the copy stopped the original's QEMU"
     assert machine_digest(dev) == before, "rm -f of the copy changed the original's folder"
@@ -192,22 +197,28 @@ def test_a_copied_folder_is_an_error_row_and_the_original_is_untouched(storage: 
     assert store_digest(storage) == before
 
 
-def test_rm_of_a_copied_virtualbox_folder_leaves_the_original_vm_and_disk(world, tmp_path: Path) -> None:  # noqa: F811
+@pytest.fixture
+def vbox_dev(world) -> tuple[Machines, FakeVirtualBox, Path, int]:  # noqa: F811
+    """Machine 'dev' made on the fake VirtualBox and running, with its watcher:
+    (machines, the fake, its folder, the watcher's PID)."""
     machines, fake, _ = world
     from pymachine.machines import CreateOptions
 
     machines.create("dev", CreateOptions(driver="virtualbox", cpus=1, memory_mb=512, disk_mb=2048, driver_options={"backend": "vboxmanage"}, force=True))
-    dev = machines.store.machine_dir("dev")
     watcher = machines.get("dev").watcher
     assert wait_for(lambda: watcher.pid() is not None, timeout=10)
     watcher_pid = watcher.pid()
+    assert watcher_pid is not None
+    return machines, fake, machines.store.machine_dir("dev"), watcher_pid
+
+
+def test_rm_of_a_copied_virtualbox_folder_leaves_the_original_vm_and_disk(vbox_dev: tuple[Machines, FakeVirtualBox, Path, int]) -> None:
+    machines, fake, dev, watcher_pid = vbox_dev
     subprocess.run(["cp", "-a", str(dev), str(dev.parent / "devcopy")], check=True)
     before = machine_digest(dev)
 
     one_error(pm(machines.home.root, "rm", "-y", "devcopy"), "pymachine rm -f devcopy")
-    removed = pm(machines.home.root, "rm", "-f", "-y", "devcopy")
-    clean(removed)
-    assert removed.returncode == 0, removed.stderr
+    ok(pm(machines.home.root, "rm", "-f", "-y", "devcopy"))
 
     vm = fake.machine("dev")
     assert vm is not None and vm["state"] == "running", "rm -f of the copy touched the original's VM"
@@ -258,9 +269,8 @@ def test_a_malformed_config_is_an_error_row_and_rm_f_removes_it(damage: str, sto
     for command in commands:
         one_error(pm(storage, *command, timeout=30), "pymachine rm -f bad")
 
-    removed = pm(storage, "rm", "-f", "-y", "bad")
-    clean(removed)
-    assert removed.returncode == 0 and not bad.exists() and not bad.is_symlink(), removed.stderr
+    removed = ok(pm(storage, "rm", "-f", "-y", "bad"))
+    assert not bad.exists() and not bad.is_symlink(), removed.stderr
     assert store_digest(storage / "machines" / "good") == good_before
     assert list(rows(storage)) == ["good"]
 
@@ -277,35 +287,26 @@ def test_rm_f_stops_the_qemu_of_a_machine_whose_config_is_damaged(found_by: str,
     (dev / "config.json").write_text('{"name": "dev", "driver": ')
     other_before = machine_digest(other)
 
-    removed = pm(storage, "rm", "-f", "-y", "dev")
-    clean(removed)
-    assert removed.returncode == 0, removed.stderr
+    ok(pm(storage, "rm", "-f", "-y", "dev"))
     assert wait_for(lambda: not alive(qemu), timeout=10), f"rm -f left the QEMU of a machine with a damaged config running ({found_by})"
     assert not dev.exists()
     assert alive(other_qemu) and machine_digest(other) == other_before
 
 
-def test_rm_f_removes_the_virtualbox_vm_of_a_machine_whose_config_is_damaged(world) -> None:  # noqa: F811
-    machines, fake, _ = world
-    from pymachine.machines import CreateOptions
-
-    machines.create("dev", CreateOptions(driver="virtualbox", cpus=1, memory_mb=512, disk_mb=2048, driver_options={"backend": "vboxmanage"}, force=True))
-    dev = machines.store.machine_dir("dev")
-    watcher = machines.get("dev").watcher
-    assert wait_for(lambda: watcher.pid() is not None, timeout=10)
-    watcher_pid = watcher.pid()
+def test_rm_f_removes_the_virtualbox_vm_of_a_machine_whose_config_is_damaged(vbox_dev: tuple[Machines, FakeVirtualBox, Path, int]) -> None:
+    machines, fake, dev, watcher_pid = vbox_dev
     (dev / "config.json").write_bytes(b"\xff\xfe not json")
 
-    removed = pm(machines.home.root, "rm", "-f", "-y", "dev")
-    clean(removed)
-    assert removed.returncode == 0, removed.stderr
+    ok(pm(machines.home.root, "rm", "-f", "-y", "dev"))
     assert fake.machine("dev") is None, "rm -f left the VM registered"
     assert ["VBoxManage", "list", "vms"] in fake.calls()
     assert not dev.exists()
     assert watcher_pid is not None and wait_for(lambda: not alive(watcher_pid), timeout=10), "rm -f left the watcher running"
 
 
-def test_rm_f_removes_the_parallels_vm_and_its_nat_rules_when_the_config_is_damaged(tmp_path: Path) -> None:
+def running_parallels(tmp_path: Path) -> tuple[Home, ParallelsDriver, FakeParallels]:
+    """Parallels VM 'dev' of the store in tmp_path/store, made and started on the fake
+    Parallels host in tmp_path/host: (the store's Home, its driver, the fake)."""
     template, fake = parallels_driver(tmp_path / "host", name="dev")
     home = Home(tmp_path / "store", runner=template.runner, progress=RecordingProgress())
     folder = home.store.machine_dir("dev")
@@ -314,6 +315,12 @@ def test_rm_f_removes_the_parallels_vm_and_its_nat_rules_when_the_config_is_dama
     driver.poll_interval, driver.retry_pause = 0.05, 0.0
     driver.create()
     driver.start()
+    return home, driver, fake
+
+
+def test_rm_f_removes_the_parallels_vm_and_its_nat_rules_when_the_config_is_damaged(tmp_path: Path) -> None:
+    home, driver, fake = running_parallels(tmp_path)
+    folder = driver.spec.directory
     assert driver._rules(), "the running VM has its ssh and docker rules"
     (folder / "config.json").mkdir()  # a folder in the file's place
 
@@ -325,17 +332,11 @@ def test_rm_f_removes_the_parallels_vm_and_its_nat_rules_when_the_config_is_dama
 
 def test_reap_never_touches_a_vm_whose_files_lie_outside_the_folder(tmp_path: Path) -> None:
     """The Parallels VM 'dev' of one store; a folder named dev in another store is reaped."""
-    template, _ = parallels_driver(tmp_path / "host", name="dev")
-    home = Home(tmp_path / "store", runner=template.runner, progress=RecordingProgress())
-    folder = home.store.machine_dir("dev")
-    spec = dataclasses.replace(make_spec(folder, "dev", BootMedia(template.spec.boot.iso)), arch=template.spec.arch)
-    driver = ParallelsDriver(spec, ParallelsOptions(), template.runner)
-    driver.poll_interval, driver.retry_pause = 0.05, 0.0
-    driver.create()
-    driver.start()
+    _home, driver, _fake = running_parallels(tmp_path)
+    folder = driver.spec.directory
     stranger = tmp_path / "other-store" / "machines" / "dev"
     shutil.copytree(folder, stranger, symlinks=True)  # parallels.json and the bundle's name, but not its home
-    assert ParallelsDriver.reap(stranger, "dev", template.runner) == []
+    assert ParallelsDriver.reap(stranger, "dev", driver.runner) == []
     assert driver.state().value == "Running"
     driver.remove()
 
@@ -350,6 +351,31 @@ def fake_world(folder: Path) -> tuple[FakeVirtualBox, dict[str, str]]:
     image_cache(folder / "cache")
     env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", vbox_model.STATE_ENV: str(fake.path), "PYMACHINE_CACHE_PATH": str(folder / "cache")}
     return fake, env
+
+
+@dataclasses.dataclass
+class PausedCreate:
+    """A create run by child_create, paused at its step; `out` and `err` once it ended."""
+
+    fake: FakeVirtualBox
+    env: dict[str, str]
+    child: subprocess.Popen
+    out: str = ""
+    err: str = ""
+
+
+@contextmanager
+def paused_create(folder: Path, stage: str) -> Iterator[PausedCreate]:
+    """`create dev` on a fake VirtualBox world in `folder`, paused at `stage` for the
+    block, then let go on to its end, whatever the block did."""
+    fake, env = fake_world(folder)
+    run = PausedCreate(fake, env, child_create(folder, stage, "pause", env))
+    try:
+        assert wait_for(lambda: (folder / "paused").exists(), timeout=120), run.child.stderr
+        yield run
+    finally:
+        (folder / "resume").write_text("")
+        run.out, run.err = run.child.communicate(timeout=120)
 
 
 def child_create(folder: Path, stage: str, action: str, env: dict[str, str]) -> subprocess.Popen:
@@ -387,9 +413,7 @@ def test_kill_9_of_create_leaves_an_error_that_rm_f_cleans(stage: str, action: s
     assert "create was interrupted" in row["Error"] and "pymachine rm -f dev" in row["Error"], row
     one_error(pm(storage, "env", "dev", env=env), "pymachine rm -f dev")
 
-    removed = pm(storage, "rm", "-f", "-y", "dev", env=env)
-    clean(removed)
-    assert removed.returncode == 0, removed.stderr
+    ok(pm(storage, "rm", "-f", "-y", "dev", env=env))
     assert fake.machine("dev") is None, "rm -f left the VM the killed create made"
     assert not (storage / "machines" / "dev").exists()
     assert processes_mentioning(str(tmp_path)) == []
@@ -397,17 +421,11 @@ def test_kill_9_of_create_leaves_an_error_that_rm_f_cleans(stage: str, action: s
 
 def test_a_live_create_is_starting_not_interrupted(tmp_path: Path) -> None:
     """The creator's record is read as alive while its process runs (the other side of the above)."""
-    _, env = fake_world(tmp_path)
-    child = child_create(tmp_path, "Configuring TLS", "pause", env)
-    try:
-        assert wait_for(lambda: (tmp_path / "paused").exists(), timeout=120), child.stderr
-        row = rows(tmp_path / "home", env)["dev"]
+    with paused_create(tmp_path, "Configuring TLS") as run:
+        row = rows(tmp_path / "home", run.env)["dev"]
         assert row["State"] == "Starting" and "interrupted" not in row["Error"], row
-    finally:
-        (tmp_path / "resume").write_text("")
-        child.communicate(timeout=120)
-    assert child.returncode == 0
-    Machines(Home(tmp_path / "home", cache=tmp_path / "cache", runner=_runner(env))).get("dev").remove(force=True)
+    assert run.child.returncode == 0
+    Machines(Home(tmp_path / "home", cache=tmp_path / "cache", runner=_runner(run.env))).get("dev").remove(force=True)
     assert processes_mentioning(str(tmp_path)) == []
 
 
@@ -458,9 +476,7 @@ def test_kill_9_of_a_live_qemu_create_after_the_vm_started(tmp_path: Path) -> No
 
         row = rows(storage, env)["dev"]
         assert row["State"] == "Error" and "create was interrupted" in row["Error"] and "pymachine rm -f dev" in row["Error"], row
-        removed = pm(storage, "rm", "-f", "-y", "dev", env=env)
-        clean(removed)
-        assert removed.returncode == 0, removed.stderr
+        ok(pm(storage, "rm", "-f", "-y", "dev", env=env))
         assert wait_for(lambda: not alive(qemu), timeout=15), "rm -f left QEMU running"
         assert not (storage / "machines" / "dev").exists()
         assert processes_mentioning(str(storage)) == []
@@ -476,22 +492,14 @@ def test_kill_9_of_a_live_qemu_create_after_the_vm_started(tmp_path: Path) -> No
 
 
 def test_rm_f_during_create_makes_create_say_one_line(tmp_path: Path) -> None:
-    fake, env = fake_world(tmp_path)
-    child = child_create(tmp_path, "Creating the virtualbox VM", "pause", env)
-    try:
-        assert wait_for(lambda: (tmp_path / "paused").exists(), timeout=120), child.stderr
-        removed = pm(tmp_path / "home", "rm", "-f", "-y", "dev", env=env)
-        clean(removed)
-        assert removed.returncode == 0, removed.stderr
+    with paused_create(tmp_path, "Creating the virtualbox VM") as run:
+        removed = ok(pm(tmp_path / "home", "rm", "-f", "-y", "dev", env=run.env))
         assert "busy with another command; removing it anyway" in removed.stderr
-    finally:
-        (tmp_path / "resume").write_text("")
-        out, err = child.communicate(timeout=120)
-    assert child.returncode == 1
-    assert err.strip().splitlines() == ["Error: Machine 'dev' was removed while it was being created. Run `pymachine create dev` to make it again"], err
-    assert "Traceback" not in out + err
+    assert run.child.returncode == 1
+    assert run.err.strip().splitlines() == ["Error: Machine 'dev' was removed while it was being created. Run `pymachine create dev` to make it again"], run.err
+    assert "Traceback" not in run.out + run.err
     assert not (tmp_path / "home" / "machines" / "dev").exists(), "create made the removed folder anew"
-    assert fake.machine("dev") is None
+    assert run.fake.machine("dev") is None
     assert processes_mentioning(str(tmp_path)) == []
 
 
@@ -553,30 +561,30 @@ def _outputs(store: Path, command: str, facts: dict[str, str]) -> subprocess.Com
     return subprocess.CompletedProcess([command], status, Path(f"{store}.{command}.out").read_text(), Path(f"{store}.{command}.err").read_text())
 
 
-@needs_mounts
-def test_a_full_store_disk_is_one_line_naming_the_store_and_the_fix(tmp_path: Path) -> None:
-    facts, store = run_in_namespace(tmp_path, "full")
+def refused_create(tmp_path: Path, fault: str, next_command: str) -> tuple[str, Path]:
+    """create on a store with `fault` fails in one line naming `next_command`; ls still
+    lists the machine there, quietly; the store is unchanged. (create's line, the store)"""
+    facts, store = run_in_namespace(tmp_path, fault)
     assert facts["create-status"] == "1"
-    line = one_error(_outputs(store, "create", facts), "df -h")
-    assert line == f"Error: No space left on the disk that holds {store}. Free some space there (`df -h {store}` shows it), then run the command again"
+    line = one_error(_outputs(store, "create", facts), next_command)
     assert facts["ls-status"] == "0"
     ls = _outputs(store, "ls", facts)
     clean(ls)
     assert "good" in ls.stdout and ls.stderr == ""
-    assert facts["before"] == facts["after"], "a failed create on a full disk changed the store"
+    assert facts["before"] == facts["after"], f"a failed create on a {fault} store changed the store"
+    return line, store
+
+
+@needs_mounts
+def test_a_full_store_disk_is_one_line_naming_the_store_and_the_fix(tmp_path: Path) -> None:
+    line, store = refused_create(tmp_path, "full", "df -h")
+    assert line == f"Error: No space left on the disk that holds {store}. Free some space there (`df -h {store}` shows it), then run the command again"
 
 
 @needs_mounts
 def test_a_read_only_store_is_one_line_saying_so(tmp_path: Path) -> None:
-    facts, store = run_in_namespace(tmp_path, "read-only")
-    assert facts["create-status"] == "1"
-    line = one_error(_outputs(store, "create", facts), "pymachine")
+    line, store = refused_create(tmp_path, "read-only", "pymachine")
     assert line == f"Error: {store} is on a read-only file system. Remount it read-write, or run `pymachine --storage-path FOLDER ...` with a writable FOLDER"
-    assert facts["ls-status"] == "0"
-    ls = _outputs(store, "ls", facts)
-    clean(ls)
-    assert "good" in ls.stdout and ls.stderr == ""
-    assert facts["before"] == facts["after"]
 
 
 # -- small fix: modes of the store and the debug log ---------------------------------------------
