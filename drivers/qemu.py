@@ -79,7 +79,8 @@ MIN_QEMU_APPLE_SILICON = (8, 2, 1)
 #: a stale int3 after the kernel patched its own code (text_poke_bp), which panics it
 #: ("Oops: int3" in sched_clock_cpu at boot, or later as iptables loads). Measured here:
 #: 1 boot in about 20 on QEMU 7.2; none in 60 on 10.0. Older QEMUs run amd64 guests under
-#: single-threaded TCG: about a fifth slower to create, but they do not die.
+#: single-threaded TCG: about a fifth slower to create, but they do not die. 10.0.2 is not
+#: wholly free of it: one guest panicked so at its first container start (docs/drivers.md).
 MTTCG_SAFE_FOR_X86 = (10, 0)
 #: macOS older than this can panic with more than 3 GiB of guest memory under HVF (lima#795).
 MIN_MACOS_BIG_GUESTS = (12, 4)
