@@ -90,7 +90,8 @@ def carries(command: list[str] | str, mark: Sequence[str | Path]) -> bool:
     ["-pidfile", Path("/home/u/.docker/machine/machines/dev/qemu.pid")]). Whole arguments:
     the mark of machine `dev` is not found in the command line of machine `dev2`, nor
     `machines/dev/qemu.pid` in `machines/devcopy/qemu.pid`. A Path in the mark matches
-    as given or with its symlinks resolved.
+    an argument that names the same file: as given, or either with symlinks resolved, so
+    a store reached through a symlink is the same store.
 
     macOS's ps gives the command line as one string (spaces inside an argument cannot be
     told from those between arguments): there the mark must stand between spaces or ends.
@@ -102,7 +103,11 @@ def carries(command: list[str] | str, mark: Sequence[str | Path]) -> bool:
         line = f" {command.strip()} "
         return any(f" {' '.join(words)} " in line for words in itertools.product(*choices))
     size = len(choices)
-    return any(all(arg in choice for arg, choice in zip(command[i : i + size], choices)) for i in range(len(command) - size + 1))
+    paths = [isinstance(word, Path) for word in mark]
+    return any(
+        all(arg in choice or (path and os.path.isabs(arg) and os.path.realpath(arg) in choice) for arg, choice, path in zip(command[i : i + size], choices, paths))
+        for i in range(len(command) - size + 1)
+    )
 
 
 def _spellings(word: str | Path) -> tuple[str, ...]:

@@ -48,19 +48,20 @@ EXIT_GIVE_UP = 3  # it cannot run (the machine's config is unusable): restarting
 EXIT_BUSY = 4  # another watcher already runs for this machine: watch that one
 
 
-def storage_root(directory: Path) -> str:
+def storage_root(directory: Path) -> Path:
     """The store's folder as both processes' command lines spell it (machines/NAME's grandparent)."""
-    return os.path.abspath(Path(directory).parent.parent)
+    return Path(os.path.abspath(Path(directory).parent.parent))
 
 
-def watcher_argv(directory: Path, keep: bool) -> list[str]:
+def watcher_argv(directory: Path, keep: bool) -> list[str | Path]:
     """The command line of the watcher (keep False) or of its keeper (keep True)."""
     flag = ["--keep"] if keep else []
     return [sys.executable, "-m", MARKER, *flag, "--storage-path", storage_root(directory), Path(directory).name]
 
 
-def process_mark(directory: Path, keep: bool) -> list[str]:
-    """The whole arguments only this machine's watcher (or keeper) carries."""
+def process_mark(directory: Path, keep: bool) -> list[str | Path]:
+    """The whole arguments only this machine's watcher (or keeper) carries; the store is a
+    Path, so it is found however the store was reached (procs.carries)."""
     return watcher_argv(directory, keep)[2:]
 
 

@@ -339,6 +339,9 @@ def test_a_mark_is_whole_consecutive_arguments_and_a_path_may_be_spelled_resolve
     assert carries(argv, ["-pidfile", pidfile]), "QEMU started with the resolved path is this folder's"
     assert carries(argv[:3] + ["-pidfile", str(pidfile)], ["-pidfile", pidfile]), "and so is one started with the path as given"
     assert not carries(argv, ["-pidfile", str(pidfile)]), "a string is matched as it is, never resolved"
+    through_link = argv[:3] + ["-pidfile", str(pidfile)]
+    assert carries(through_link, ["-pidfile", real / "machines" / "dev" / "qemu.pid"]), "started through the link, found from the real path"
+    assert not carries(through_link, ["-pidfile", real / "machines" / "devcopy" / "qemu.pid"])
     devcopy = ["qemu-system-x86_64", "-pidfile", str(real / "machines" / "devcopy" / "qemu.pid")]
     assert not carries(devcopy, ["-pidfile", real / "machines" / "dev" / "qemu.pid"]), "machines/dev is no prefix of machines/devcopy"
     assert not carries(["qemu-system-x86_64", f"-pidfile {resolved}"], ["-pidfile", pidfile]), "one argument holding a space is not two"
@@ -346,6 +349,23 @@ def test_a_mark_is_whole_consecutive_arguments_and_a_path_may_be_spelled_resolve
     assert not carries(argv, [])
     with pytest.raises(TypeError):
         running_from(pidfile, "-pidfile")
+
+
+def test_a_watcher_is_found_however_its_store_is_reached(tmp_path: Path) -> None:
+    """A store reached through a symlink is the same store: the watcher one spelling
+    started is found through the other, and only for its own machine."""
+    from pymachine.forwarding.process import process_mark, watcher_argv
+
+    real = tmp_path / "real"
+    for name in ("dev", "dev2"):
+        (real / "machines" / name).mkdir(parents=True)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    for started, looking in ((link, real), (real, link)):
+        argv = [str(word) for word in watcher_argv(started / "machines" / "dev", keep=False)]
+        assert carries(argv, process_mark(looking / "machines" / "dev", keep=False))
+        assert not carries(argv, process_mark(looking / "machines" / "dev", keep=True)), "the watcher is not its keeper"
+        assert not carries(argv, process_mark(looking / "machines" / "dev2", keep=False))
 
 
 # -- the keeper and the watcher: only one of each per machine --
