@@ -10,7 +10,9 @@ there is little in it to fail.
 Without --keep it is the watcher: it holds the machine's watcher.lock for as long as it
 runs, writes its pid to watcher.pid, logs to stderr (which the starter points at
 watcher.log), and leaves on SIGTERM. The loop itself is pymachine.forwarding.watcher.
-Its exit status tells the keeper what to do (see pymachine.forwarding.process).
+Its exit status tells the keeper what to do (see pymachine.forwarding.process). It looks
+after its keeper in turn: a keeper killed (its pidfile left behind, which only a crash
+does) is started again within KEEPER_CHECK seconds, and adopts the running watcher.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +38,7 @@ from pymachine.forwarding.process import (
     LOCKFILE,
     PIDFILE,
     WatcherProcess,
+    spawn,
     watcher_argv,
 )
 from pymachine.locking import FileLock, LockBusy
@@ -52,6 +56,8 @@ RESTART_PAUSE = 0.2
 RESTART_MAX = 3.0
 #: A watcher that ran this long before it died was not crashing in a loop.
 STABLE_AFTER = 10.0
+#: How often the watcher checks that its keeper still lives (seconds).
+KEEPER_CHECK = 1.0
 
 
 def main(argv: list[str]) -> int:
@@ -182,6 +188,8 @@ def _watch(machine: Machine, name: str) -> int:
     log.info("watcher for %s started (pid %d)", name, os.getpid())
     watcher = None
     scanner = None
+    done = threading.Event()
+    threading.Thread(target=_guard_keeper, args=(machine.directory, done), name="keeper-guard", daemon=True).start()
     try:
         watcher = machine.forward_watcher()
         scanner = machine.listener_scanner(watcher)
@@ -193,11 +201,28 @@ def _watch(machine: Machine, name: str) -> int:
         log.error("watcher for %s cannot run: %s", name, exc)
         return EXIT_GIVE_UP
     finally:
+        done.set()
         if scanner is not None:
             scanner.stop()
         if watcher is not None:
             watcher.close()
     return EXIT_DONE
+
+
+def _guard_keeper(directory: Path, done: threading.Event) -> None:
+    """Until `done`: start a keeper again when the one that should be there was killed.
+
+    A keeper that stops on purpose removes its pidfile (only_one), so a pidfile naming
+    a dead process is a crash; the new keeper finds this watcher holding the lock and
+    looks after it. `WatcherProcess.stop` stops a keeper started this way too.
+    """
+    process = WatcherProcess(directory.parent.parent, directory)
+    while not done.wait(KEEPER_CHECK):
+        if read_pidfile(directory / KEEPER_PIDFILE) is None or process.keeper_pid() is not None:
+            continue
+        log.warning("the keeper of %s's watcher is gone; the watcher starts a new one", directory.name)
+        (directory / KEEPER_PIDFILE).unlink(missing_ok=True)
+        spawn(directory)
 
 
 if __name__ == "__main__":

@@ -105,6 +105,11 @@ class WatcherProcess:
         pid = self.pid()
         if pid is not None:
             terminate(pid, timeout=5.0)
+        # A keeper that had to be killed left its pidfile, and the watcher may have started
+        # a new one before it went (cli/watcher.py's keeper guard): stop that one too.
+        keeper = self.keeper_pid()
+        if keeper is not None:
+            terminate(keeper, timeout=10.0)
         (self.directory / KEEPER_PIDFILE).unlink(missing_ok=True)
         (self.directory / PIDFILE).unlink(missing_ok=True)
         if driver is not None and driver.supports(Feature.STOPPED_FORWARDS):

@@ -460,6 +460,31 @@ def test_a_killed_watcher_is_restarted_by_its_keeper_within_5_seconds(vbox_world
     print(f"watcher back {took:.2f}s after kill -9")
 
 
+def test_a_killed_keeper_is_restarted_by_its_watcher_and_adopts_it(vbox_world) -> None:
+    from pymachine.machines import CreateOptions
+
+    machines, _fake, _farm = vbox_world
+    machine = machines.create("dev", CreateOptions(driver="virtualbox", cpus=1, memory_mb=512, disk_mb=2048, driver_options={"backend": "vboxmanage"}, force=True))
+    watcher = machine.watcher
+    assert wait_for(lambda: watcher.pid() is not None, timeout=15), "no watcher started"
+    keeper, running = watcher.keeper_pid(), watcher.pid()
+    assert keeper is not None and running is not None
+    os.kill(keeper, signal.SIGKILL)
+    killed = time.monotonic()
+    assert wait_for(lambda: watcher.keeper_pid() not in (None, keeper), timeout=5, interval=0.05), "no new keeper within 5 s"
+    took = time.monotonic() - killed
+    second = watcher.keeper_pid()
+    assert watcher.pid() == running, "the new keeper adopted the running watcher"
+    assert "the watcher starts a new one" in (machine.directory / "watcher.log").read_text()
+    # The adopted watcher is still looked after: killed, it comes back.
+    os.kill(running, signal.SIGKILL)
+    assert wait_for(lambda: watcher.pid() not in (None, running), timeout=10, interval=0.05), "the adopting keeper did not restart the watcher"
+    third = watcher.pid()
+    machine.remove(force=True)
+    assert wait_for(lambda: not any(alive(p) for p in (keeper, second, running, third)), timeout=15), "rm left a keeper or a watcher running"
+    print(f"keeper back {took:.2f}s after kill -9")
+
+
 # -- the fakes' NAT rules: a taken host port, the host address --------------------------------
 
 
