@@ -317,6 +317,7 @@ def main() -> None:
     print(header, flush=True)
     table = Table()
     machine: RunningMachine | None = None
+    failed = ""
     try:
         if "floors" in parts:
             floors(table, args.runs, args.arch, args.mb)
@@ -334,15 +335,24 @@ def main() -> None:
             cli(table, args.runs, machine)
         if "sizes" in parts:
             sizes(table, args.arch)
+    except BaseException as exc:
+        # What was measured before the failure (or Ctrl-C) is still saved, marked incomplete.
+        failed = f"{type(exc).__name__}: {exc}".strip()
+        raise
     finally:
         if machine is not None:
             machine.close()
-    rendered = table.render(header)
-    print("\n" + rendered)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"header": header, "accelerator": accel, "arch": args.arch, "qemu": qemu, "runs": args.runs, "rows": table.rows}, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(rendered + "\n")
-    print(f"\nsaved to {args.out} and {args.out.with_suffix('.md')}")
+        if failed:
+            header += f"; INCOMPLETE, stopped by {failed[:200]}"
+        rendered = table.render(header)
+        print("\n" + rendered)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        record = {"header": header, "accelerator": accel, "arch": args.arch, "qemu": qemu, "runs": args.runs, "rows": table.rows}
+        if failed:
+            record["incomplete"] = failed
+        args.out.write_text(json.dumps(record, indent=2) + "\n")
+        args.out.with_suffix(".md").write_text(rendered + "\n")
+        print(f"\nsaved to {args.out} and {args.out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":
