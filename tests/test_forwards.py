@@ -968,6 +968,8 @@ def test_pymachine_drivers_says_where_each_drivers_forwards_answer(tmp_path) -> 
         assert "127.0.0.1:H by the hypervisor and [::1]:H by pymachine's relay" in said[name]
     assert "127.0.0.1:H and [::1]:H by pymachine's relay, to a hypervisor port that is never published" in said["parallels"]
     assert all("[::]:H by the relay" in said[name] for name in ("qemu", "virtualbox", "parallels"))
+    options = [line for line in lines if line.startswith("  -o ")]
+    assert options and all(line.count("(default:") == 1 for line in options), "each option states its default once"
 
 
 def test_a_taken_ipv6_loopback_port_is_failed_with_the_reason(tmp_path) -> None:

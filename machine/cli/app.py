@@ -606,7 +606,9 @@ def drivers() -> None:
         print(f"{name}: {(cls.__doc__ or '').strip().splitlines()[0]}")
         print(f"  forwards: {describe(cls)}")
         for option_name, default, help_text in cls.options_class.describe():
-            print(f"  -o {option_name}=...  {help_text} (default: {default or 'none'})")
+            # A help text that explains its own default is not followed by a second one.
+            said = "(default:" in help_text
+            print(f"  -o {option_name}=...  {help_text}" + ("" if said else f" (default: {default or 'none'})"))
 
 
 def _image_arches(arch: str | None) -> list[str]:
