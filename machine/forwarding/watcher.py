@@ -457,6 +457,7 @@ for k in $keep; do
   [ -f $d/$k.pid ] && continue
   [ -n "$ip4" ] || {{ echo "proxy6 $k: the guest's $nic has no IPv4 address"; continue; }}
   [ -x $bin ] || {{ echo "proxy6 $k: no $bin (is the engine installed?)"; continue; }}
+  rm -f $d/$k.status
   $bin $(args $k) 3>$d/$k.status </dev/null >/dev/null 2>&1 &
   echo $! > $d/$k.pid; started="$started $k"
 done
