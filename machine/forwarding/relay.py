@@ -17,9 +17,9 @@ guest's ::1 alone (Docker binds only that for -p [::1]:H:C), which the NAT's IPv
 reach: the watcher runs a docker-proxy in the guest for it (watcher.loopback_script).
 
 The relays start and stop with their forward, in the same call, so they come and go within
-the same milliseconds. A relay on an
-address the forward was not asked for (::1 beside 127.0.0.1, [::] beside 0.0.0.0) is best
-effort: a host without IPv6, or a port taken on ::1 alone, is logged and the forward stays.
+the same milliseconds. A relay on an address the forward was not asked for (::1 beside
+127.0.0.1, [::] beside 0.0.0.0) is best effort: a host without IPv6, or a port taken on
+::1 alone, is logged and the forward stays.
 
 All relays of one watcher run on one asyncio loop in one thread. TCP is spliced with
 transports and flow control (reading from one side pauses while the other side's buffer is
