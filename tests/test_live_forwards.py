@@ -321,8 +321,9 @@ def test_both_loopbacks_answer_and_go_with_the_container(cli: CLI) -> None:
     # reach; the watcher runs a docker-proxy in the guest from its own address to [::1].
     started = time.monotonic()
     cli.docker(NAME, "run", "-d", "--name", "v6", "-p", f"[::1]:{v6_port}:80", IMAGE, "httpd", "-f", "-p", "80", "-h", "/www")
+    returned = time.monotonic()
     assert wait_for(lambda: "hello" in (http_get(v6_port, timeout=0.5, host="::1") or ""), timeout=30, interval=0.02), str(forward(cli, v6_port))
-    took = time.monotonic() - started
+    took, after = time.monotonic() - started, time.monotonic() - returned
     assert (forward(cli, v6_port) or {}).get("state") == "active"
     assert http_get(v6_port, timeout=0.5) is None, "a -p [::1] answers on 127.0.0.1 too"
     pidfile = f"/run/pymachine/proxy6/tcp-{v6_port}.pid"
@@ -343,7 +344,8 @@ def test_both_loopbacks_answer_and_go_with_the_container(cli: CLI) -> None:
     assert forward(cli, v6_port) is None and forward(cli, v6_udp, "udp") is None
     left = cli.pm("ssh", NAME, f"ls /run/pymachine/proxy6; [ -d /proc/{pid} ] && tr '\\000' ' ' < /proc/{pid}/cmdline; true").stdout
     assert "docker-proxy" not in left and f"-{v6_port}" not in left and f"-{v6_udp}" not in left, left
-    print(f"-p [::1]: answered on [::1] {took:.2f}s after docker run began")
+    print(f"-p [::1]: answered on [::1] {took:.2f}s after docker run began, {after:.2f}s after it returned")
+    print("watcher log:", *[line for line in (cli.machine_dir(NAME) / "watcher.log").read_text().splitlines() if str(v6_port) in line][-6:], sep="\n  ")
 
 
 def test_stop_start_and_rm_leave_no_forward_or_process(cli: CLI) -> None:

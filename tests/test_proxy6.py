@@ -22,7 +22,10 @@ import pytest
 from pymachine.forwarding.plan import WantedForward, wanted_from_inspect
 from pymachine.forwarding.watcher import loopback_script
 
-from .faults.test_forwarding import A_ID, B_ID, PORT, container, watched  # noqa: F401 - watched is a fixture
+from pymachine.forwarding.watcher import ForwardWatcher
+from pymachine.store import Store
+
+from .faults.test_forwarding import A_ID, B_ID, PORT, GuestShell, RecordingDriver, container
 from .test_forwards import _port
 
 #: Docker's docker-proxy, as far as the script sees it: the same flags, the same fd 3
@@ -296,8 +299,18 @@ def test_dnat_rules_and_proxies_share_one_script_one_line_a_port(guest: Guest) -
 # -- the watcher: which forwards get a proxy ------------------------------------------------
 
 
+@pytest.fixture
+def watched(tmp_path: Path):
+    directory = tmp_path / "machines" / "dev"
+    directory.mkdir(parents=True)
+    driver, shell = RecordingDriver(), GuestShell()
+    watcher = ForwardWatcher("dev", directory, driver, "127.0.0.1", lambda: shell, Store(tmp_path))  # type: ignore[arg-type]
+    yield watcher, driver, shell
+    watcher.close()
+
+
 def test_the_watcher_makes_a_v6_forward_active_with_a_proxy_not_a_dnat_rule(watched) -> None:
-    watcher, driver, shell = watched
+    watcher, _, shell = watched
     v6 = container(A_ID, "v6", "::1", 100)
     [item] = wanted_from_inspect(v6)
     assert isinstance(item, WantedForward) and item.guest_ipv6_only
@@ -334,4 +347,3 @@ def test_the_watcher_logs_a_proxy_that_did_not_start(watched, caplog: pytest.Log
     caplog.set_level(logging.WARNING, logger="pymachine.watcher")
     watcher._apply_container(A_ID, wanted_from_inspect(container(A_ID, "v6", "::1", 100)))
     assert f"the guest's proxy to [::1] did not start: tcp-{PORT}: listen tcp4 10.0.2.15:{PORT}: bind: address already in use" in caplog.text
-
