@@ -20,9 +20,7 @@ from pathlib import Path
 import pytest
 
 from pymachine.forwarding.plan import WantedForward, wanted_from_inspect
-from pymachine.forwarding.watcher import loopback_script
-
-from pymachine.forwarding.watcher import ForwardWatcher
+from pymachine.forwarding.watcher import ForwardWatcher, loopback_script
 from pymachine.store import Store
 
 from .faults.test_forwarding import A_ID, B_ID, PORT, GuestShell, RecordingDriver, container
@@ -347,3 +345,26 @@ def test_the_watcher_logs_a_proxy_that_did_not_start(watched, caplog: pytest.Log
     caplog.set_level(logging.WARNING, logger="pymachine.watcher")
     watcher._apply_container(A_ID, wanted_from_inspect(container(A_ID, "v6", "::1", 100)))
     assert f"the guest's proxy to [::1] did not start: tcp-{PORT}: listen tcp4 10.0.2.15:{PORT}: bind: address already in use" in caplog.text
+
+
+def test_a_removed_forward_is_recorded_gone_before_the_guests_proxy_is_stopped(watched) -> None:
+    """Seen live: `docker rm -f` of a -p [::1] container, the port stopped answering, and
+    `pymachine ports` still listed it while the watcher waited on the guest."""
+    import json
+
+    from pymachine.forwarding.process import STATE_FILE
+
+    watcher, _, shell = watched
+    watcher._apply_container(A_ID, wanted_from_inspect(container(A_ID, "v6", "::1", 100)))
+    watcher._save()
+    seen: list[list[int]] = []
+
+    def run(script: str, timeout: float = 30) -> None:
+        data = json.loads((watcher.directory / STATE_FILE).read_text())
+        seen.append([item["host_port"] for item in data["forwards"]])
+        shell.scripts.append(script)
+
+    shell.run = run  # type: ignore[method-assign]
+    watcher.handle({"Action": "die", "id": A_ID})
+    assert seen == [[]], "the forward was still recorded while the guest's proxy was being stopped"
+    assert "want " not in shell.scripts[-1]

@@ -343,6 +343,9 @@ class ForwardWatcher:
             self._logged = {claim: reason for claim, reason in self._logged.items() if claim[1] != container}
             self._promote(freed)
         if changed:
+            # Recorded before the guest's side is cleaned up: the forward is already gone, and
+            # stopping a -p [::1] proxy (an SSH round trip, a wait for its exit) takes a while.
+            self._save()
             self._sync_loopback()
 
     def _driver_remove(self, forward: PortForward) -> None:
