@@ -89,8 +89,9 @@ def test_explicit_loopback_publish_binds_loopback_and_needs_the_guest_rule() -> 
     assert forwards(data, forward_bind="0.0.0.0") == expected
 
 
-def test_ipv6_loopback_publish_is_kept_as_asked_for_the_watcher_to_refuse() -> None:
-    """-p [::1]:H:C used to become a forward on 127.0.0.1 that reset every connection."""
+def test_ipv6_loopback_publish_is_kept_as_asked() -> None:
+    """-p [::1]:H:C used to become a forward on 127.0.0.1 that reset every connection: it stays
+    ::1 (the relay on the host, a docker-proxy in the guest)."""
     data = inspect({"80/tcp": [{"HostIp": "::1", "HostPort": "3106"}]}, {"80/tcp": [{"HostIp": "::1", "HostPort": "3106"}]})
     assert forwards(data, forward_bind="0.0.0.0") == [("tcp", "::1", 3106, 3106, True)]
 

@@ -295,7 +295,8 @@ def test_listener_forwarding_can_be_turned_off_and_ports_ignored(cli: CLI) -> No
 
 def test_both_loopbacks_answer_and_go_with_the_container(cli: CLI) -> None:
     """A bare -p answers on 127.0.0.1 and on ::1 (macOS's localhost), TCP and UDP, and both
-    stop with the container; -p [::1]:H:C answers on ::1 alone."""
+    stop with the container; -p [::1]:H:C answers on ::1 alone (TCP and UDP), and its proxy
+    in the guest goes with the container."""
     port, udp_port, v6_port = free_port(), free_port(), free_port()
     web(cli, "both", f"127.0.0.1:{port}:80")
     assert wait_for(lambda: http_get(port, host="::1") is not None, timeout=15, interval=0.02), "nothing answered on [::1]"
@@ -317,13 +318,38 @@ def test_both_loopbacks_answer_and_go_with_the_container(cli: CLI) -> None:
     cli.docker(NAME, "rm", "-f", "udp6")
 
     # -p [::1]: Docker binds the guest's ::1 only, which the hypervisor's IPv4 NAT cannot
-    # reach: failed with the reason, and nothing answers on either loopback.
-    run = cli.docker(NAME, "run", "-d", "--name", "v6", "-p", f"[::1]:{v6_port}:80", IMAGE, "httpd", "-f", "-p", "80", "-h", "/www", check=False)
-    assert run.returncode == 0, run.stderr
-    assert wait_for(lambda: (forward(cli, v6_port) or {}).get("state") == "failed", timeout=20), str(forward(cli, v6_port))
-    assert "guest's ::1 only" in forward(cli, v6_port)["reason"]
-    assert http_get(v6_port, timeout=0.5) is None and http_get(v6_port, timeout=0.5, host="::1") is None
-    cli.docker(NAME, "rm", "-f", "v6")
+    # reach; the watcher runs a docker-proxy in the guest from its own address to [::1].
+    started = time.monotonic()
+    cli.docker(NAME, "run", "-d", "--name", "v6", "-p", f"[::1]:{v6_port}:80", IMAGE, "httpd", "-f", "-p", "80", "-h", "/www")
+    returned = time.monotonic()
+    assert wait_for(lambda: "hello" in (http_get(v6_port, timeout=0.5, host="::1") or ""), timeout=30, interval=0.02), str(forward(cli, v6_port))
+    took, after = time.monotonic() - started, time.monotonic() - returned
+    print(f"-p [::1]: answered on [::1] {took:.2f}s after docker run began, {after:.2f}s after it returned")
+    assert (forward(cli, v6_port) or {}).get("state") == "active"
+    assert http_get(v6_port, timeout=0.5) is None, "a -p [::1] answers on 127.0.0.1 too"
+    pidfile = f"/run/pymachine/proxy6/tcp-{v6_port}.pid"
+    pid = cli.pm("ssh", NAME, f"cat {pidfile}").stdout.strip()
+    assert "docker-proxy" in cli.pm("ssh", NAME, f"tr '\\000' ' ' < /proc/{pid}/cmdline").stdout
+    v6_udp = free_port()
+    cli.docker(NAME, "run", "-d", "--name", "v6udp", "-p", f"[::1]:{v6_udp}:9999/udp", IMAGE, "nc.openbsd", "-u", "-l", "9999")
+
+    def delivered_v6() -> bool:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.sendto(b"to-v6-only\n", ("::1", v6_udp))
+        time.sleep(0.3)
+        return "to-v6-only" in cli.docker(NAME, "logs", "v6udp").stdout
+
+    assert wait_for(delivered_v6, timeout=30, interval=0.2), "a datagram to a -p [::1] UDP port did not arrive"
+    cli.docker(NAME, "rm", "-f", "v6", "v6udp")
+    assert wait_for(lambda: http_get(v6_port, timeout=0.5, host="::1") is None, timeout=15, interval=0.05)
+    # The port stops answering when the container dies; the watcher's record follows its die event.
+    assert wait_for(lambda: forward(cli, v6_port) is None and forward(cli, v6_udp, "udp") is None, timeout=15, interval=0.1), str(forward(cli, v6_port))
+
+    # The forward is recorded gone first; the guest's proxies stop in the SSH call after.
+    def proxies_left() -> str:
+        return cli.pm("ssh", NAME, f"ls /run/pymachine/proxy6; [ -d /proc/{pid} ] && tr '\\000' ' ' < /proc/{pid}/cmdline; true").stdout
+
+    assert wait_for(lambda: not any(mark in proxies_left() for mark in ("docker-proxy", f"-{v6_port}", f"-{v6_udp}")), timeout=20, interval=0.5), proxies_left()
 
 
 def test_stop_start_and_rm_leave_no_forward_or_process(cli: CLI) -> None:

@@ -4,11 +4,13 @@ Binding rules (docs/port-forwarding.md):
     -p 127.0.0.1:H:C   host 127.0.0.1:H    (the user asked for loopback)
     -p 0.0.0.0:H:C     host 0.0.0.0:H      (the user asked for every interface)
     -p H:C, -P         host <forward_bind>:H, 127.0.0.1 unless the machine says 0.0.0.0
-    -p [::1]:H:C       host ::1:H only; failed by the watcher: the guest binds its ::1 only
+    -p [::1]:H:C       host ::1:H only (a relay, relay.py); the guest binds its ::1 only
 A loopback forward answers on ::1 too, and one on 0.0.0.0 on [::] too (the relays again).
 The guest side is always the port Docker bound in the guest (H), on the guest's address.
-A port bound to the guest's loopback only also needs a DNAT rule in the guest, because
-the hypervisor's NAT delivers to the guest's own address, not to 127.0.0.1.
+A port bound to the guest's loopback only needs more in the guest, because the hypervisor's
+NAT delivers IPv4 to the guest's own address: for 127.0.0.1 a DNAT rule to 127.0.0.1:H, for
+::1 (which DNAT cannot reach from IPv4) a docker-proxy from the guest's address:H to [::1]:H.
+The watcher keeps both (ForwardWatcher._sync_loopback).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ LOOPBACK_GUEST = ("127.0.0.1", "::1")
 ANY_GUEST = ("0.0.0.0", "::")
 #: -p [::1]:H:C asks for the host's IPv6 loopback, which no hypervisor can forward (QEMU's
 #: user network takes IPv4 host addresses only): it is kept as asked, and the watcher's
-#: relay listens on [::1]:H alone, never on 127.0.0.1:H.
+#: relay listens on [::1]:H alone, never on 127.0.0.1:H, towards a hidden hypervisor port.
 IPV6_LOOPBACK = "::1"
 
 
@@ -38,6 +40,12 @@ class WantedForward:
     guest_loopback: bool = False
     #: "container" (a port Docker published) or "listener" (pymachine.forwarding.listeners)
     source: str = "container"
+
+    @property
+    def guest_ipv6_only(self) -> bool:
+        """Docker bound the guest's ::1 alone (-p [::1]:H:C): IPv4 from the NAT needs a
+        proxy in the guest to reach it (a DNAT rule cannot turn IPv4 into IPv6)."""
+        return self.guest_loopback and self.forward.host_ip == IPV6_LOOPBACK
 
 
 def _host_ip(requested: str | None, forward_bind: str) -> str:

@@ -12,10 +12,14 @@ listeners of pymachine's own that relay to it:
     ::1:H             127.0.0.1:P, unpublished           [::1]:H
     0.0.0.0:H         0.0.0.0:H                          [::]:H (IPv6 only)
 
-P is a free port picked when the forward is added. The relays start and stop with their
-forward, in the same call, so they come and go within the same milliseconds. A relay on an
-address the forward was not asked for (::1 beside 127.0.0.1, [::] beside 0.0.0.0) is best
-effort: a host without IPv6, or a port taken on ::1 alone, is logged and the forward stays.
+P is a free port picked when the forward is added. A ::1:H forward's guest side is the
+guest's ::1 alone (Docker binds only that for -p [::1]:H:C), which the NAT's IPv4 cannot
+reach: the watcher runs a docker-proxy in the guest for it (watcher.loopback_script).
+
+The relays start and stop with their forward, in the same call, so they come and go within
+the same milliseconds. A relay on an address the forward was not asked for (::1 beside
+127.0.0.1, [::] beside 0.0.0.0) is best effort: a host without IPv6, or a port taken on
+::1 alone, is logged and the forward stays.
 
 All relays of one watcher run on one asyncio loop in one thread. TCP is spliced with
 transports and flow control (reading from one side pauses while the other side's buffer is
@@ -465,7 +469,7 @@ def describe(driver: type[Driver]) -> str:
         loopback = "127.0.0.1:H by the hypervisor and [::1]:H by pymachine's relay"
     else:
         loopback = "127.0.0.1:H and [::1]:H by pymachine's relay, to a hypervisor port that is never published (the hypervisor listens on it on every interface)"
-    text = f"a bare -p answers on {loopback}; -p [::1]:H:C on [::1]:H alone (relay)"
+    text = f"a bare -p answers on {loopback}; -p [::1]:H:C on [::1]:H alone (relay, and a docker-proxy in the guest)"
     if driver.supports(Feature.ANY_HOST_ADDRESS):
         text += "; -p 0.0.0.0:H:C on 0.0.0.0:H by the hypervisor and [::]:H by the relay"
     else:

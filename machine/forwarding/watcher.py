@@ -85,7 +85,8 @@ class ForwardWatcher:
         #: the reason last logged for each failed claim
         self._logged: dict[tuple[tuple[str, int], str], str] = {}
         self.pending: dict[str, Future[list[WantedForward]]] = {}
-        self.loopback: set[tuple[str, int]] = set()
+        #: what the guest was last made to do for loopback-only ports: (kind, protocol, port); None before the first sync
+        self.loopback: set[tuple[str, str, int]] | None = None
         self.loopback_lock = threading.Lock()
         #: what the guest's listeners want (pymachine.forwarding.listeners); published ports win
         self.listener_wanted: list[WantedForward] = []
@@ -273,13 +274,8 @@ class ForwardWatcher:
             forward = item.forward
             self._fail(item, f"host port {forward.host_port}/{forward.protocol} already forwarded for container {owner.wanted.container_name}")
             return
+        # A -p [::1]:H:C is relayed on the host (relay.py) and proxied in the guest (_sync_loopback).
         refused = self._refused(item.forward)
-        if item.forward.host_ip == "::1" and item.guest_loopback:
-            # The host side would work (relay.py), the guest side not: NAT delivers IPv4.
-            refused = (
-                f"Docker bound the guest's ::1 only, which the {self.driver.name} driver's IPv4 NAT cannot reach;"
-                f" publish with -p 127.0.0.1:{item.forward.host_port}:PORT, which answers on ::1 too"
-            )
         if refused:
             self._fail(item, refused)
             return
@@ -347,6 +343,9 @@ class ForwardWatcher:
             self._logged = {claim: reason for claim, reason in self._logged.items() if claim[1] != container}
             self._promote(freed)
         if changed:
+            # Recorded before the guest's side is cleaned up: the forward is already gone, and
+            # stopping a -p [::1] proxy (an SSH round trip, a wait for its exit) takes a while.
+            self._save()
             self._sync_loopback()
 
     def _driver_remove(self, forward: PortForward) -> None:
@@ -358,33 +357,35 @@ class ForwardWatcher:
     # -- guest loopback bindings ---------------------------------------------------------
 
     def _sync_loopback(self, force: bool = False) -> None:
-        """DNAT rules in the guest for ports Docker bound to the guest's loopback only."""
+        """Make the guest reach ports Docker bound to its loopback only: DNAT rules for
+        127.0.0.1, docker-proxy processes for ::1 (see loopback_script)."""
         with self.loopback_lock:  # the listener scan's thread calls this too
             self._sync_loopback_locked(force)
 
     def _sync_loopback_locked(self, force: bool) -> None:
         with self.lock:
-            wanted = {(r.wanted.forward.protocol, r.wanted.forward.host_port) for r in self.owners.values() if r.wanted.guest_loopback}
+            wanted = {
+                ("proxy6" if r.wanted.guest_ipv6_only else "dnat", r.wanted.forward.protocol, r.wanted.forward.host_port)
+                for r in self.owners.values()
+                if r.wanted.guest_loopback
+            }
+        # The first sync always runs: a watcher before this one may have left rules and proxies.
         if wanted == self.loopback and not (force and wanted):
             return
-        rules = "".join(
-            f"iptables -t nat -A PYMACHINE -i \"$nic\" -p {proto} --dport {port} -j DNAT --to-destination 127.0.0.1:{port}; "
-            for proto, port in sorted(wanted)
-        )
-        script = (
-            "nic=$(cat /run/pymachine/nic); "
-            "iptables -t nat -N PYMACHINE 2>/dev/null; "
-            "iptables -t nat -C PREROUTING -j PYMACHINE 2>/dev/null || iptables -t nat -I PREROUTING 1 -j PYMACHINE; "
-            "iptables -t nat -F PYMACHINE; " + rules
-        )
+        dnat = {(proto, port) for kind, proto, port in wanted if kind == "dnat"}
+        proxies = {(proto, port) for kind, proto, port in wanted if kind == "proxy6"}
         try:
             if self._ssh is None:
                 self._ssh = self.open_ssh()
-            self._ssh.run(script, timeout=30)
+            result = self._ssh.run(loopback_script(dnat, proxies), timeout=60)
             self.loopback = wanted
         except MachineError as exc:
             self._ssh = None
-            log.warning("could not update the guest's loopback DNAT rules: %s", exc)
+            log.warning("could not update the guest's loopback DNAT rules and proxies: %s", exc)
+            return
+        for line in str(getattr(result, "stdout", "") or "").splitlines():
+            if line.startswith("proxy6 "):
+                log.warning("the guest's proxy to [::1] did not start: %s", line[len("proxy6 ") :])
 
     # -- state -------------------------------------------------------------------------
 
@@ -413,6 +414,81 @@ class ForwardWatcher:
             ]
         data = {"watcher": {**self.health, "pid": os.getpid(), "updated": _now()}, "forwards": forwards}
         atomic_write(self.directory / STATE_FILE, json.dumps(data, indent=2, sort_keys=True), mode=0o644)
+
+
+#: the guest's run-time folder (the NIC's name, the proxies' pidfiles under proxy6/), and Docker's own proxy (the engine bundle's)
+RUN_DIR = "/run/pymachine"
+DOCKER_PROXY = "/var/lib/pymachine/engine/current/bin/docker-proxy"
+#: tenths of a second the script waits for a new proxy to say whether it listens
+PROXY_WAIT = 50
+
+_DNAT_HEAD = (
+    "nic=$(cat {run}/nic); "
+    "iptables -t nat -N PYMACHINE 2>/dev/null; "
+    "iptables -t nat -C PREROUTING -j PYMACHINE 2>/dev/null || iptables -t nat -I PREROUTING 1 -j PYMACHINE; "
+    "iptables -t nat -F PYMACHINE; "
+)
+
+# The proxies of -p [::1]:H:C. Docker's own docker-proxy listens on the guest's IPv4
+# address, port H (where the NAT delivers), and connects to [::1]:H (where Docker's proxy
+# for the container listens). One pidfile per proxy, PROTO-PORT.pid; a pidfile counts only
+# while its process's command line is the one this script would start (so a reused pid, or
+# a proxy for an address the guest no longer has, is not ours to keep). First every proxy
+# not wanted, or not right, is stopped (and waited for, so that its port is free again);
+# then the wanted ones that are missing start, and the script waits for each to say on its
+# fd 3 whether it listens ("0", or "1" and the error): a line "proxy6 PROTO-PORT: why" per
+# failure, which the watcher logs.
+_PROXY_HEAD = """
+d={run}/proxy6; bin={bin}; mkdir -p $d
+ip4=$(ip -4 -o addr show dev "$nic" 2>/dev/null | sed -n 's|.* inet \\([0-9.]*\\)/.*|\\1|p' | head -n 1)
+keep=" "; started=""
+want() {{ keep="$keep$1 "; }}
+args() {{ echo "-proto ${{1%-*}} -host-ip $ip4 -host-port ${{1#*-}} -container-ip ::1 -container-port ${{1#*-}}"; }}
+cmdline() {{ [ -n "$1" ] && tr '\\000' ' ' < /proc/$1/cmdline 2>/dev/null; }}
+"""
+_PROXY_TAIL = """
+for f in $d/*.pid; do
+  [ -f "$f" ] || continue
+  k=${{f##*/}}; k=${{k%.pid}}; p=$(cat "$f")
+  case "$keep" in *" $k "*) case "$(cmdline $p)" in *" $(args $k) ") continue;; esac;; esac
+  case "$(cmdline $p)" in *docker-proxy*" -container-ip ::1 "*)
+    kill $p; n=0; while [ -n "$(cmdline $p)" ] && [ $n -lt {wait} ]; do sleep 0.1; n=$((n+1)); done;;
+  esac
+  rm -f "$f" "$d/$k.status"
+done
+for k in $keep; do
+  [ -f $d/$k.pid ] && continue
+  [ -n "$ip4" ] || {{ echo "proxy6 $k: the guest's $nic has no IPv4 address"; continue; }}
+  [ -x $bin ] || {{ echo "proxy6 $k: no $bin (is the engine installed?)"; continue; }}
+  rm -f $d/$k.status
+  $bin $(args $k) 3>$d/$k.status </dev/null >/dev/null 2>&1 &
+  echo $! > $d/$k.pid; started="$started $k"
+done
+for k in $started; do
+  n=0; while [ ! -s $d/$k.status ] && [ $n -lt {wait} ]; do sleep 0.1; n=$((n+1)); done
+  case "$(head -n 1 $d/$k.status)" in
+    0|"") ;;
+    *) echo "proxy6 $k: $(tail -n +2 $d/$k.status | head -n 1)"; rm -f $d/$k.pid;;
+  esac
+done
+"""
+
+
+def loopback_script(dnat: set[tuple[str, int]], proxies: set[tuple[str, int]], run_dir: str = RUN_DIR, docker_proxy: str = DOCKER_PROXY) -> str:
+    """The guest script for ports bound to its loopback only, one line per port: a DNAT rule
+    to 127.0.0.1:H for each of `dnat`, a docker-proxy to [::1]:H for each of `proxies`.
+    Idempotent: run it again with the same sets and nothing changes but the dead proxies."""
+    rules = "".join(
+        f"iptables -t nat -A PYMACHINE -i \"$nic\" -p {proto} --dport {port} -j DNAT --to-destination 127.0.0.1:{port}; " for proto, port in sorted(dnat)
+    )
+    wants = "".join(f"want {proto}-{port}\n" for proto, port in sorted(proxies))
+    return (
+        _DNAT_HEAD.format(run=run_dir)
+        + rules
+        + _PROXY_HEAD.format(run=run_dir, bin=docker_proxy)
+        + wants
+        + _PROXY_TAIL.format(wait=PROXY_WAIT)
+    )
 
 
 def _now() -> str:
