@@ -181,14 +181,17 @@ def wanted_from_listeners(listeners: Iterable[Listener], forward_bind: str, sett
         key = (item.protocol, item.port)
         if key in GUEST_SERVICE_PORTS or key in settings.ignored or item.process in GUEST_PROCESSES:
             continue
+        if item.pid is None:
+            # No process holds it: the socket is closing, as a container's docker-proxy's
+            # does when the container stops (read from /proc/net, gone from every /proc/PID/fd).
+            # Forwarded, it would show up in `ports` for a moment after `docker stop`.
+            continue
         by_key.setdefault(key, []).append(item)
     wanted = []
     for (protocol, port), group in sorted(by_key.items()):
         reachable = [item for item in group if item.address in ("any", "loopback")]
         if not reachable:
             continue  # ::1 only, or a specific address: the hypervisor's NAT cannot reach it
-        # A process the guest cannot name any more (it is exiting) does not decide: the next
-        # snapshot comes when its socket goes.
         loopback_only = all(item.address == "loopback" for item in reachable)
         forward = PortForward(protocol, forward_bind, port, port)
         wanted.append(WantedForward(forward, f"{LISTENER_ID}{protocol}/{port}", describe(reachable), loopback_only, source="listener"))
