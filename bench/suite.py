@@ -337,7 +337,7 @@ def main() -> None:
             sizes(table, args.arch)
     except BaseException as exc:
         # What was measured before the failure (or Ctrl-C) is still saved, marked incomplete.
-        failed = f"{type(exc).__name__}: {exc}".strip()
+        failed = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         raise
     finally:
         if machine is not None:
