@@ -440,13 +440,19 @@ def vbox_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     yield from _world(tmp_path, monkeypatch, "amd64")
 
 
-def test_a_killed_watcher_is_restarted_by_its_keeper_within_5_seconds(vbox_world) -> None:
+def _fake_vbox_machine_with_watcher(vbox_world):
+    """A running machine on the fake VirtualBox, once its keeper has started its watcher."""
     from pymachine.machines import CreateOptions
 
     machines, _fake, _farm = vbox_world
     machine = machines.create("dev", CreateOptions(driver="virtualbox", cpus=1, memory_mb=512, disk_mb=2048, driver_options={"backend": "vboxmanage"}, force=True))
     watcher = machine.watcher
     assert wait_for(lambda: watcher.pid() is not None, timeout=15), "no watcher started"
+    return machine, watcher
+
+
+def test_a_killed_watcher_is_restarted_by_its_keeper_within_5_seconds(vbox_world) -> None:
+    machine, watcher = _fake_vbox_machine_with_watcher(vbox_world)
     keeper, first = watcher.keeper_pid(), watcher.pid()
     assert keeper is not None and first is not None
     os.kill(first, signal.SIGKILL)
@@ -463,12 +469,7 @@ def test_a_killed_watcher_is_restarted_by_its_keeper_within_5_seconds(vbox_world
 
 
 def test_a_killed_keeper_is_restarted_by_its_watcher_and_adopts_it(vbox_world) -> None:
-    from pymachine.machines import CreateOptions
-
-    machines, _fake, _farm = vbox_world
-    machine = machines.create("dev", CreateOptions(driver="virtualbox", cpus=1, memory_mb=512, disk_mb=2048, driver_options={"backend": "vboxmanage"}, force=True))
-    watcher = machine.watcher
-    assert wait_for(lambda: watcher.pid() is not None, timeout=15), "no watcher started"
+    machine, watcher = _fake_vbox_machine_with_watcher(vbox_world)
     keeper, running = watcher.keeper_pid(), watcher.pid()
     assert keeper is not None and running is not None
     os.kill(keeper, signal.SIGKILL)
