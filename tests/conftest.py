@@ -98,3 +98,19 @@ def docker_config(tmp_path_factory: pytest.TempPathFactory):
         os.environ.pop("DOCKER_CONFIG", None)
     else:
         os.environ["DOCKER_CONFIG"] = old
+
+
+@pytest.fixture
+def watched(tmp_path: Path):
+    """A forward watcher of machine "dev" over a RecordingDriver and a GuestShell, without a VM."""
+    from pymachine.forwarding.watcher import ForwardWatcher
+    from pymachine.store import Store
+
+    from .fakes.watcher import GuestShell, RecordingDriver
+
+    directory = tmp_path / "machines" / "dev"
+    directory.mkdir(parents=True)
+    driver, shell = RecordingDriver(), GuestShell()
+    watcher = ForwardWatcher("dev", directory, driver, "127.0.0.1", lambda: shell, Store(tmp_path))  # type: ignore[arg-type]
+    yield watcher, driver, shell
+    watcher.close()

@@ -33,7 +33,7 @@ from pymachine.forwarding.process import STATE_FILE
 from pymachine.forwarding.watcher import ForwardWatcher
 from pymachine.store import MachineConfig, Store
 
-from .faults.test_forwarding import FakeDockerAPI, GuestShell, RecordingDriver, container
+from .fakes.watcher import FakeDockerAPI, GuestShell, RecordingDriver, container
 
 CONTAINER_ID = "4f1c2e9d8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e"
 
@@ -416,7 +416,7 @@ def test_a_listener_gets_its_forward_and_loses_it_when_it_goes(tmp_path: Path) -
 
 
 def test_a_published_port_wins_over_a_listener_and_the_listener_comes_back_after(tmp_path: Path) -> None:
-    from .faults.test_forwarding import PORT
+    from .fakes.watcher import PORT
 
     watcher, driver, _ = listener_world(tmp_path)
     try:

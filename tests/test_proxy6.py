@@ -20,10 +20,9 @@ from pathlib import Path
 import pytest
 
 from pymachine.forwarding.plan import WantedForward, wanted_from_inspect
-from pymachine.forwarding.watcher import ForwardWatcher, loopback_script
-from pymachine.store import Store
+from pymachine.forwarding.watcher import loopback_script
 
-from .faults.test_forwarding import A_ID, B_ID, PORT, GuestShell, RecordingDriver, container
+from .fakes.watcher import A_ID, B_ID, PORT, container
 from .test_forwards import _port
 
 #: Docker's docker-proxy, as far as the script sees it: the same flags, the same fd 3
@@ -295,16 +294,6 @@ def test_dnat_rules_and_proxies_share_one_script_one_line_a_port(guest: Guest) -
 
 
 # -- the watcher: which forwards get a proxy ------------------------------------------------
-
-
-@pytest.fixture
-def watched(tmp_path: Path):
-    directory = tmp_path / "machines" / "dev"
-    directory.mkdir(parents=True)
-    driver, shell = RecordingDriver(), GuestShell()
-    watcher = ForwardWatcher("dev", directory, driver, "127.0.0.1", lambda: shell, Store(tmp_path))  # type: ignore[arg-type]
-    yield watcher, driver, shell
-    watcher.close()
 
 
 def test_the_watcher_makes_a_v6_forward_active_with_a_proxy_not_a_dnat_rule(watched) -> None:
