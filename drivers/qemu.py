@@ -505,6 +505,7 @@ class QemuDriver(Driver):
             Feature.SHARED_FOLDERS,
             Feature.DISK_GROW,
             Feature.ONLINE_DISK_GROW,
+            Feature.LARGE_FRAMES,
         }
     )
     options: QemuOptions

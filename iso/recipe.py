@@ -82,6 +82,9 @@ ISO_FILES: dict[str, list[tuple[str, str | None]]] = {
     # iptables-legacy: under emulation each nft-backed call costs ~140 ms against ~60 ms,
     # and dockerd makes dozens of calls at start (start to Docker ready: -5 s).
     "iptables": [("usr/sbin/xtables-legacy-multi", None), ("usr/lib/{multiarch}/xtables/", None)],
+    # iproute2's tc (busybox's has no pedit): the QEMU guest raises the MSS in the SYNs its
+    # NAT (slirp) sends, so TCP through a forward carries 64 KiB segments (rcS, "network").
+    "iproute2": [("usr/sbin/tc", "sbin/tc")],
     # nc -U: talks to dockerd's unix socket from the guest (checks, debugging).
     "netcat-openbsd": [("usr/bin/nc.openbsd", None)],
     # The engine bundle is zstd-compressed; the Debian zstd binary is self-contained.
@@ -152,6 +155,8 @@ LIBRARY_PACKAGES: list[str] = [
     "libmd0",
     "libbsd0",
     "libxxhash0",
+    "libbpf1",
+    "libelf1t64",
 ]
 
 #: Kernel modules, with their dependencies added from the modules' own metadata (a module
@@ -173,6 +178,8 @@ KERNEL_MODULES: list[str] = [
     "xt_addrtype", "xt_conntrack", "xt_MASQUERADE", "xt_nat", "xt_tcpudp", "xt_mark",
     "xt_comment", "xt_multiport", "xt_state", "xt_REDIRECT", "ipt_REJECT", "ip6t_REJECT",
     "ip_tables", "ip6_tables", "iptable_nat", "iptable_filter", "ip6table_nat", "ip6table_filter",
+    # large segments through QEMU's NAT: tc's ingress hook, a u32 match, the MSS rewrite
+    "sch_ingress", "cls_u32", "act_pedit", "act_csum",
 ]
 
 #: The kernel's command line (isolinux, systemd-boot and the QEMU driver's direct boot).

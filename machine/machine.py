@@ -18,6 +18,7 @@ from typing import Any
 
 from pymachine.dockercontext import context_name
 from pymachine.driver import (
+    LARGE_FRAME_MTU,
     BootMedia,
     Driver,
     Feature,
@@ -228,7 +229,8 @@ class Machine:
         host = SSHKeyPair.generate(f"root@{self.name}")
         host.write(self.directory / HOST_KEY)
         mounts = [Mount.from_dict(m) for m in config.mounts]
-        write_config_medium(self.directory / CONFIG_MEDIUM, self.name, user.public_line, host.private_pem, mounts)
+        config.guest_mtu = LARGE_FRAME_MTU if load_driver(config.driver).supports(Feature.LARGE_FRAMES) else 0
+        write_config_medium(self.directory / CONFIG_MEDIUM, self.name, user.public_line, host.private_pem, mounts, config.guest_mtu)
         keytype, blob = host.public_line.split()[:2]
         atomic_write(self.directory / "known_hosts", f"pymachine-{self.name} {keytype} {blob}\n", mode=0o644)
         self.home.ca.ensure()

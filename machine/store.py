@@ -118,6 +118,9 @@ class MachineConfig:
     ignore_ports: list[str] = field(default_factory=list)
     #: host folders shared into the guest, as Mount.as_dict()
     mounts: list[dict[str, Any]] = field(default_factory=list)
+    #: the MTU of the guest's NIC and Docker's networks, set at create (driver.LARGE_FRAME_MTU
+    #: where the driver has Feature.LARGE_FRAMES); 0 is Ethernet's 1500
+    guest_mtu: int = 0
     status: str = STATUS_CREATING
     error: str = ""
     created_at: str = ""

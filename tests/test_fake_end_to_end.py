@@ -20,6 +20,7 @@ from pymachine.arch import host_arch
 from pymachine.errors import HypervisorConflict, MachineError
 from pymachine.guest.certs import CertPaths
 from pymachine.guest.dockerapi import DockerAPI
+from pymachine.guest.iso9660 import read_files
 from pymachine.guest.provision import CONFIG_FILES, ENGINE
 from pymachine.home import Home
 from pymachine.image import manifest_name
@@ -149,6 +150,9 @@ def test_create_runs_the_whole_flow_against_the_fakes(world: tuple[Machines, Fak
     assert f"{ENGINE} start" in guest.commands
     daemon = json.loads(guest.files["/var/lib/pymachine/daemon.json"])
     assert "provider=virtualbox" in daemon["labels"]
+    # VirtualBox's NAT keeps Ethernet's frames: no MTU for the guest's NIC or Docker's networks
+    assert config.guest_mtu == 0 and "mtu" not in daemon
+    assert "network" not in read_files((folder / "config.iso").read_bytes())
 
     api = DockerAPI("127.0.0.1", config.docker_port, CertPaths(folder), timeout=5)
     try:

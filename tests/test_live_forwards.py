@@ -352,6 +352,37 @@ def test_both_loopbacks_answer_and_go_with_the_container(cli: CLI) -> None:
     assert wait_for(lambda: not any(mark in proxies_left() for mark in ("docker-proxy", f"-{v6_port}", f"-{v6_udp}")), timeout=20, interval=0.5), proxies_left()
 
 
+def test_a_download_through_a_forward_moves_in_large_packets(cli: CLI) -> None:
+    """QEMU's NAT takes large frames: the guest's NIC and Docker's networks run at 65520
+    bytes, and the guest raises the MSS the NAT offers, so a container sends up to 64 KiB
+    per packet (bench/forwards.py measures what that is worth)."""
+    assert cli.pm("ssh", NAME, "cat /sys/class/net/eth0/mtu").stdout.strip() == "65520"
+    # the default bridge, and a network made after start, as compose makes them
+    cli.docker(NAME, "network", "create", "later")
+    try:
+        mtus = [cli.docker(NAME, "run", "--rm", *net, IMAGE, "cat", "/sys/class/net/eth0/mtu").stdout.strip() for net in ((), ("--network", "later"))]
+    finally:
+        cli.docker(NAME, "network", "rm", "later", check=False)
+    assert mtus == ["65520", "65520"]
+    port, size = free_port(), 16 << 20
+    cli.docker(NAME, "run", "-d", "--name", "big", "-p", f"{port}:80", IMAGE, "sh", "-c", "dd if=/dev/zero of=/www/big bs=1M count=16 2>/dev/null && httpd -f -p 80 -h /www")
+    counters = "cat /sys/class/net/eth0/statistics/tx_packets /sys/class/net/eth0/statistics/tx_bytes"
+    try:
+        assert wait_for(lambda: http_get(port) is not None, timeout=30, interval=0.05)
+        packets_before, bytes_before = map(int, cli.pm("ssh", NAME, counters).stdout.split())
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+            sock.sendall(b"GET /big HTTP/1.0\r\n\r\n")
+            got = b"".join(iter(lambda: sock.recv(1 << 20), b""))
+        packets_after, bytes_after = map(int, cli.pm("ssh", NAME, counters).stdout.split())
+    finally:
+        cli.docker(NAME, "rm", "-f", "big")
+    assert got.endswith(b"\0" * 1024) and len(got) > size
+    sent = bytes_after - bytes_before
+    assert sent > size
+    # 1460-byte segments would make it ~1500 bytes a packet; the SSH sessions' own packets count too
+    assert sent / (packets_after - packets_before) > 16384
+
+
 def test_stop_start_and_rm_leave_no_forward_or_process(cli: CLI) -> None:
     port = free_port()
     web(cli, "persist", f"{port}:80", extra=("--restart", "always"))

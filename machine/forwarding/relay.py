@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pymachine.driver import Driver, Feature, PortForward
+from pymachine.driver import LARGE_FRAME_MTU, Driver, Feature, PortForward
 from pymachine.errors import PortUnavailable
 
 log = logging.getLogger("pymachine.relay")
@@ -476,6 +476,8 @@ def describe(driver: type[Driver]) -> str:
         text += "; -p 0.0.0.0:H:C is refused"
     if not driver.supports(Feature.UDP_FORWARDS):
         text += "; no UDP"
+    if driver.supports(Feature.LARGE_FRAMES):
+        text += f"; TCP moves up to 64 KiB per packet through the NAT (guest MTU {LARGE_FRAME_MTU})"
     return text + ". Relays run in the forward watcher, while the machine runs."
 
 

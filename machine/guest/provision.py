@@ -167,6 +167,15 @@ def daemon_config(config: MachineConfig, driver_name: str) -> dict:
         settings["insecure-registries"] = list(config.insecure_registries)
     if config.registry_mirrors:
         settings["registry-mirrors"] = list(config.registry_mirrors)
+    if config.guest_mtu:
+        # Containers' interfaces take the NIC's MTU, on the default bridge and on the networks
+        # compose creates, unless the user's --engine-opt sets either (dockerd refuses a key
+        # given twice).
+        given = {item.partition("=")[0].strip().lstrip("-") for item in config.engine_options}
+        if "mtu" not in given:
+            settings["mtu"] = config.guest_mtu
+        if "default-network-opt" not in given:
+            settings["default-network-opts"] = {"bridge": {"com.docker.network.driver.mtu": str(config.guest_mtu)}}
     return settings
 
 

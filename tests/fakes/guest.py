@@ -267,6 +267,8 @@ _FLAG_KEYS = {
     "host": "hosts",
     "insecure-registry": "insecure-registries",
     "registry-mirror": "registry-mirrors",
+    "mtu": "mtu",
+    "default-network-opt": "default-network-opts",
 }
 
 
