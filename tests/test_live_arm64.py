@@ -90,6 +90,10 @@ def test_a_published_port_answers_on_the_host(cli: CLI) -> None:
     try:
         assert wait_for(lambda: http_get(port) is not None, timeout=10), "the published port never answered on the host"
         assert "hello from a container" in (http_get(port) or "")
+        # large frames through QEMU's NAT, as on amd64: the NIC's MTU and the MSS rewrite
+        guest = cli.pm("ssh", NAME, "cat /sys/class/net/eth0/mtu; /sbin/tc filter show dev eth0 ingress").stdout
+        assert guest.splitlines()[0] == "65520" and "pedit" in guest
+        assert cli.docker(NAME, "exec", "web", "cat", "/sys/class/net/eth0/mtu").stdout.strip() == "65520"
     finally:
         cli.docker(NAME, "rm", "-f", "web")
     assert wait_for(lambda: http_get(port, timeout=0.5) is None, timeout=5), "the forward outlived its container"
