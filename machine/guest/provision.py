@@ -171,7 +171,7 @@ def daemon_config(config: MachineConfig, driver_name: str) -> dict:
         # Containers' interfaces take the NIC's MTU, on the default bridge and on the networks
         # compose creates, unless the user's --engine-opt sets either (dockerd refuses a key
         # given twice).
-        given = {item.partition("=")[0].strip().lstrip("-") for item in config.engine_options}
+        given = {engine_option_key(item) for item in config.engine_options}
         if "mtu" not in given:
             settings["mtu"] = config.guest_mtu
         if "default-network-opt" not in given:
@@ -179,12 +179,17 @@ def daemon_config(config: MachineConfig, driver_name: str) -> dict:
     return settings
 
 
+def engine_option_key(item: str) -> str:
+    """The dockerd flag an `--engine-opt` names: "dns" for `dns=1.1.1.1` or `--dns=1.1.1.1`."""
+    return item.partition("=")[0].strip().lstrip("-")
+
+
 def engine_flags(engine_options: list[str]) -> list[str]:
     """`--engine-opt dns=1.1.1.1` (docker-machine's form) becomes dockerd's `--dns=1.1.1.1`."""
     flags = []
     for item in engine_options:
-        key, sep, value = item.partition("=")
-        key = key.strip().lstrip("-")
+        _, sep, value = item.partition("=")
+        key = engine_option_key(item)
         flags.append(f"--{key}={value}" if sep else f"--{key}")
     return flags
 
