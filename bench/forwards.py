@@ -58,8 +58,20 @@ def load(bench: Bench, env: dict, count: int) -> dict:
                 return
             time.sleep(0.01)
 
+    failures: list[str] = []
+
     def run(i: int) -> None:
-        bench.docker("run", "-d", "--name", f"load{i}", "-p", f"{ports[i]}:80", "busybox-local", "httpd", "-f", "-p", "80", "-h", "/www", env=env)
+        argv = ("run", "-d", "--name", f"load{i}", "-p", f"{ports[i]}:80", "busybox-local", "httpd", "-f", "-p", "80", "-h", "/www")
+        done = bench.docker(*argv, env=env, check=False)
+        if done.returncode:
+            # Under TCG runc has once failed to start one container of a hundred ("read
+            # init-p: connection reset by peer"). Run it again once, and count it in the
+            # result, so one such start does not throw away an hour of measurements.
+            failures.append(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}")
+            kernel = bench.pm("ssh", bench.name, "--", "dmesg | tail -n 5", check=False).stdout.strip()
+            print(f"docker run load{i} failed: {failures[-1]}\nthe guest kernel's last words:\n{kernel}", file=sys.stderr, flush=True)
+            bench.docker("rm", "-f", f"load{i}", env=env, check=False)
+            bench.docker(*argv, env=env)
         returned.append(time.monotonic())
         poller = threading.Thread(target=poll, args=(ports[i],), daemon=True)
         poller.start()
@@ -92,6 +104,7 @@ def load(bench: Bench, env: dict, count: int) -> dict:
         "all_gone_after_rm_s": round(gone_after, 3),
         "still_answering": len(live),
         "forwards_left": len(leaked),
+        "runs_started_again": failures,
     }
 
 
