@@ -626,13 +626,19 @@ class Machine:
         Its settings are read from config.json again about once a second, so turning
         listener forwarding off or ignoring a port applies to the running watcher.
         """
-        from pymachine.forwarding.listeners import ListenerScanner, ListenerSettings, apply_listener_forwards
+        from pymachine.forwarding.listeners import ListenerScanner, ListenerSettings, apply_listener_forwards, proxies_listening
 
         def settings() -> ListenerSettings:
             config = self.home.store.load(self.name)
             return ListenerSettings.from_config(config.listener_forwarding, config.ignore_ports)
 
-        return ListenerScanner(lambda: self.ssh(watcher.driver), lambda wanted: apply_listener_forwards(watcher, wanted), settings, self.config.forward_bind)
+        return ListenerScanner(
+            lambda: self.ssh(watcher.driver),
+            lambda wanted: apply_listener_forwards(watcher, wanted),
+            settings,
+            self.config.forward_bind,
+            seen=lambda listeners: watcher.guest_proxies_seen(proxies_listening(listeners)),
+        )
 
     # -- queries ------------------------------------------------------------------------
 

@@ -355,8 +355,9 @@ def test_a_snapshot_parses_into_listeners() -> None:
 def test_listeners_want_forwards_on_the_machines_forward_bind_and_never_the_guests_own() -> None:
     wanted = {w.forward.key: w for w in wanted_from_listeners(parse_snapshot(SNAPSHOT), "127.0.0.1", ListenerSettings())}
     # dropbear's 22, dockerd's 2376, containerd, udhcpc, docker-proxy (a published port): none;
-    # nor 9000, which no process holds any more (a docker-proxy exiting as its container stops).
-    assert sorted(wanted) == [("tcp", 8080), ("tcp", 8081), ("tcp", 8083), ("udp", 5353)]
+    # nor 9000, which no process holds any more (a docker-proxy exiting as its container stops);
+    # nor 8084, bound to one specific address of the guest's.
+    assert sorted(wanted) == [("tcp", 8080), ("tcp", 8081), ("tcp", 8082), ("tcp", 8083), ("udp", 5353)]
     assert wanted[("tcp", 8080)].forward == PortForward("tcp", "127.0.0.1", 8080, 8080)
     assert wanted[("tcp", 8080)].guest_loopback is False
     assert wanted[("tcp", 8080)].container_name == "httpd (pid 901)"
@@ -364,6 +365,10 @@ def test_listeners_want_forwards_on_the_machines_forward_bind_and_never_the_gues
     # Bound to the guest's 127.0.0.1 only: it needs the DNAT rule to 127.0.0.1.
     assert wanted[("tcp", 8081)].guest_loopback is True
     assert wanted[("tcp", 8083)].guest_loopback is True
+    assert not wanted[("tcp", 8081)].guest_ipv6_only
+    # Bound to the guest's ::1 only: the guest's proxy to [::1] reaches it, as for -p [::1].
+    assert wanted[("tcp", 8082)].guest_ipv6_only and wanted[("tcp", 8082)].forward == PortForward("tcp", "127.0.0.1", 8082, 8082)
+    assert wanted[("tcp", 8082)].container_name == "node (pid 920)"
     wide = wanted_from_listeners(parse_snapshot(SNAPSHOT), "0.0.0.0", ListenerSettings())
     assert {w.forward.host_ip for w in wide} == {"0.0.0.0"}
 
@@ -544,15 +549,19 @@ def wait_until(condition, timeout: float = 5.0) -> bool:
 def test_the_scanner_applies_each_snapshot_and_follows_the_settings() -> None:
     channel = ScriptChannel()
     applied: list[list] = []
+    seen: list[list] = []
     settings = {"value": ListenerSettings()}
-    scanner = ListenerScanner(lambda: ScriptSSH(channel), applied.append, lambda: settings["value"], "127.0.0.1")
+    scanner = ListenerScanner(lambda: ScriptSSH(channel), applied.append, lambda: settings["value"], "127.0.0.1", seen=seen.append)
     scanner.start()
     try:
         channel.guest.sendall(b"tcp 00000000:1F90 1 901 httpd\n")
+        channel.guest.sendall(b"tcp 0F02000A:1F91 2 902 docker-proxy\n")
         channel.guest.sendall(b".\n")  # the snapshot ends: it is applied at once
         assert wait_until(lambda: len(applied) == 1)
         assert channel.command == GUEST_SCRIPT
         assert [w.forward.host_port for w in applied[0]] == [8080]
+        # The watcher sees the snapshot whole, its own proxies too (guest_proxies_seen).
+        assert wait_until(lambda: len(seen) == 1) and {item.process for item in seen[0]} == {"httpd", "docker-proxy"}
         channel.guest.sendall(b".\n")  # the listener went: an empty snapshot
         assert wait_until(lambda: len(applied) == 2)
         assert applied[1] == []

@@ -352,6 +352,44 @@ def test_both_loopbacks_answer_and_go_with_the_container(cli: CLI) -> None:
     assert wait_for(lambda: not any(mark in proxies_left() for mark in ("docker-proxy", f"-{v6_port}", f"-{v6_udp}")), timeout=20, interval=0.5), proxies_left()
 
 
+def test_a_guest_program_on_ipv6_loopback_alone_answers_on_the_host(cli: CLI) -> None:
+    """A server in the guest on [::1] alone: the NAT's IPv4 reaches it through the guest
+    proxy to [::1], and the host's 127.0.0.1 and ::1 both answer, as for any listener."""
+    port = free_port()
+    guest_background(cli, "v6only", f"busybox httpd -f -p [::1]:{port} -h /tmp/www")
+    latency = answers_within(port, time.monotonic(), timeout=15)
+    assert "hello-v6only" in (http_get(port) or "") and "hello-v6only" in (http_get(port, host="::1") or "")
+    item = listener_forward(cli, port)
+    assert item and item["state"] == "active" and item["container"].startswith("busybox (pid "), item
+    print(f"listener on the guest's ::1 alone: answered {latency:.2f}s after `pymachine ssh` returned")
+    guest_kill(cli, "v6only")
+    assert wait_for(lambda: http_get(port, timeout=0.5) is None, timeout=10, interval=0.05), "still answering after the listener exited"
+    assert wait_for(lambda: forward(cli, port) is None, timeout=10, interval=0.1)
+    assert wait_for(lambda: f"tcp-{port}" not in cli.pm("ssh", NAME, "ls /run/pymachine/proxy6").stdout, timeout=10, interval=0.5)
+
+
+def test_a_killed_guest_proxy_comes_back_within_seconds(cli: CLI) -> None:
+    """The guest proxy of a -p [::1] port, killed in the guest, is started again when the
+    listener scan sees its socket gone, not at the reconcile a minute later."""
+    port = free_port()
+    cli.docker(NAME, "run", "-d", "--name", "v6kill", "-p", f"[::1]:{port}:80", IMAGE, "httpd", "-f", "-p", "80", "-h", "/www")
+    try:
+        assert wait_for(lambda: http_get(port, timeout=0.5, host="::1") is not None, timeout=30, interval=0.05)
+        pidfile = f"/run/pymachine/proxy6/tcp-{port}.pid"
+        pid = cli.pm("ssh", NAME, f"cat {pidfile}").stdout.strip()
+        cli.pm("ssh", NAME, f"kill -9 {pid}")
+        killed = time.monotonic()
+        assert wait_for(lambda: http_get(port, timeout=0.5, host="::1") is not None, timeout=20, interval=0.05), "the proxy did not come back"
+        back = time.monotonic() - killed
+        new_pid = cli.pm("ssh", NAME, f"cat {pidfile}").stdout.strip()
+        assert new_pid and new_pid != pid
+        log = (cli.machine_dir(NAME) / "watcher.log").read_text()
+        assert f"the guest's proxy to [::1] for tcp/{port} is not listening; starting it again" in log
+        print(f"a killed guest proxy: answering again {back:.2f}s after `kill -9` returned")
+    finally:
+        cli.docker(NAME, "rm", "-f", "v6kill")
+
+
 def test_a_download_through_a_forward_moves_in_large_packets(cli: CLI) -> None:
     """QEMU's NAT takes large frames: the guest's NIC and Docker's networks run at 65520
     bytes, and the guest raises the MSS the NAT offers, so a container sends up to 64 KiB

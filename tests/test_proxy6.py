@@ -357,3 +357,78 @@ def test_a_removed_forward_is_recorded_gone_before_the_guests_proxy_is_stopped(w
     watcher.handle({"Action": "die", "id": A_ID})
     assert seen == [[]], "the forward was still recorded while the guest's proxy was being stopped"
     assert "want " not in shell.scripts[-1]
+
+
+# -- guest listeners on ::1 alone, failed proxies in `ports`, dead proxies started again ------
+
+
+def _state(watcher) -> list[tuple[int, str, str]]:
+    import json
+
+    from pymachine.forwarding.process import STATE_FILE
+
+    data = json.loads((watcher.directory / STATE_FILE).read_text())
+    return [(f["host_port"], f["state"], f["reason"]) for f in data["forwards"]]
+
+
+def test_a_guest_program_on_ipv6_loopback_alone_is_reached_through_a_proxy(watched) -> None:
+    from pymachine.forwarding.listeners import ListenerSettings, apply_listener_forwards, parse_snapshot, wanted_from_listeners
+
+    watcher, driver, shell = watched
+    snapshot = parse_snapshot([f"tcp6 00000000000000000000000001000000:{PORT:04X} 9 920 node"])
+    apply_listener_forwards(watcher, wanted_from_listeners(snapshot, "127.0.0.1", ListenerSettings()))
+    # The host side is the machine's forward bind, as for every listener (the host's relay
+    # adds ::1); the guest side is a proxy from its IPv4 address to [::1], not a DNAT rule.
+    assert [f.host_ip for f in driver.forwards] == ["127.0.0.1"]
+    assert f"want tcp-{PORT}\n" in shell.scripts[-1] and f"--dport {PORT}" not in shell.scripts[-1]
+    assert _state(watcher) == [(PORT, "active", "")]
+    apply_listener_forwards(watcher, [])
+    assert "want " not in shell.scripts[-1] and driver.forwards == set()
+
+
+def test_a_proxy_that_did_not_start_shows_failed_in_ports_until_one_does(watched) -> None:
+    from pymachine.guest.ssh import Result
+
+    watcher, _, shell = watched
+    answers = [f"proxy6 tcp-{PORT}: listen tcp4 10.0.2.15:{PORT}: bind: address already in use\n", ""]
+
+    def run(script: str, timeout: float = 30) -> Result:
+        shell.scripts.append(script)
+        return Result(script, 0, answers.pop(0), "")
+
+    shell.run = run  # type: ignore[method-assign]
+    watcher._apply_container(A_ID, wanted_from_inspect(container(A_ID, "v6", "::1", 100)))
+    watcher._save()
+    [(port, state, reason)] = _state(watcher)
+    assert (port, state) == (PORT, "failed")
+    assert reason == f"the guest's proxy to [::1] did not start: listen tcp4 10.0.2.15:{PORT}: bind: address already in use"
+    watcher._sync_loopback(force=True)  # tried again (as at a reconcile), and it starts
+    assert _state(watcher) == [(PORT, "active", "")]
+
+
+def test_a_proxy_the_listener_scan_does_not_see_is_started_again_at_once(watched) -> None:
+    watcher, _, shell = watched
+    watcher._apply_container(A_ID, wanted_from_inspect(container(A_ID, "v6", "::1", 100)))
+    syncs = len(shell.scripts)
+    watcher.guest_proxies_seen({("tcp", PORT)})
+    assert len(shell.scripts) == syncs, "its proxy listens: no sync"
+    watcher.guest_proxies_seen({("udp", PORT)})  # the tcp one is gone (killed, say)
+    assert len(shell.scripts) == syncs + 1 and f"want tcp-{PORT}\n" in shell.scripts[-1]
+    watcher._remove_container(A_ID)
+    syncs = len(shell.scripts)
+    watcher.guest_proxies_seen(set())
+    assert len(shell.scripts) == syncs, "no proxy is wanted any more: no sync"
+
+
+def test_the_scan_finds_the_watchers_proxies_among_the_listeners() -> None:
+    from pymachine.forwarding.listeners import parse_snapshot, proxies_listening
+
+    snapshot = parse_snapshot(
+        [
+            f"tcp 0F02000A:{PORT:04X} 1 700 docker-proxy",  # ours: on the guest's own address
+            "udp 0F02000A:14E9 2 701 docker-proxy",
+            "tcp 00000000:1F90 3 702 docker-proxy",  # Docker's, for a published port
+            "tcp 0F02000A:1F91 4 703 python3",  # not a proxy
+        ]
+    )
+    assert proxies_listening(snapshot) == {("tcp", PORT), ("udp", 5353)}

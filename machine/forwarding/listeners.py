@@ -11,8 +11,9 @@ process that holds it. The host side turns that into forwards:
     127.0.0.1 (or ::ffff:127.0.0.1)
                            forwarded, with the DNAT rule the watcher already keeps for
                            loopback-bound published ports (route_localnet is set at boot)
-    ::1 only, or one specific address
-                           not forwarded: the hypervisor's IPv4 NAT cannot reach it
+    ::1 only               forwarded, through the guest proxy the watcher already keeps
+                           for -p [::1]:H:C (IPv4 from the NAT, relayed to [::1])
+    one specific address   not forwarded: it is not the address the NAT delivers to
 
 Never forwarded this way: the guest's own services (SSH on 22, the Docker API on 2376,
 dockerd, containerd, the DHCP client), docker-proxy (a published port is the event
@@ -190,12 +191,23 @@ def wanted_from_listeners(listeners: Iterable[Listener], forward_bind: str, sett
     wanted = []
     for (protocol, port), group in sorted(by_key.items()):
         reachable = [item for item in group if item.address in ("any", "loopback")]
-        if not reachable:
-            continue  # ::1 only, or a specific address: the hypervisor's NAT cannot reach it
-        loopback_only = all(item.address == "loopback" for item in reachable)
+        ipv6_only = not reachable
+        if ipv6_only:
+            # ::1 alone: the guest's proxy to [::1] reaches it. A specific address: nothing does.
+            reachable = [item for item in group if item.address == "loopback6"]
+            if not reachable:
+                continue
+        loopback_only = all(item.address in ("loopback", "loopback6") for item in reachable)
         forward = PortForward(protocol, forward_bind, port, port)
-        wanted.append(WantedForward(forward, f"{LISTENER_ID}{protocol}/{port}", describe(reachable), loopback_only, source="listener"))
+        claim = f"{LISTENER_ID}{protocol}/{port}"
+        wanted.append(WantedForward(forward, claim, describe(reachable), loopback_only, source="listener", guest_ipv6=ipv6_only))
     return wanted
+
+
+def proxies_listening(listeners: Iterable[Listener]) -> set[tuple[str, int]]:
+    """(protocol, port) of each docker-proxy listening on one address of the guest: the
+    watcher's proxies to [::1] (Docker's own listen on 0.0.0.0 and ::)."""
+    return {(item.protocol, item.port) for item in listeners if item.process == "docker-proxy" and item.address == "other"}
 
 
 def describe(group: list[Listener]) -> str:
@@ -238,6 +250,8 @@ class ListenerScanner:
     `settings` is asked again about once a second, so `pymachine ports --ignore` and the
     off switch take effect without restarting the watcher. A dropped channel is opened
     again (the listeners it knew stay forwarded until the next snapshot says otherwise).
+    `seen`, if given, gets every snapshot whole, before any filtering: the watcher looks
+    there for its own proxies in the guest.
     """
 
     def __init__(
@@ -246,11 +260,13 @@ class ListenerScanner:
         apply: Callable[[list[WantedForward]], None],
         settings: Callable[[], ListenerSettings],
         forward_bind: str,
+        seen: Callable[[list[Listener]], None] | None = None,
     ) -> None:
         self.open_ssh = open_ssh
         self.apply = apply
         self.settings = settings
         self.forward_bind = forward_bind
+        self.seen = seen
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
         self._ssh: Any = None
@@ -288,6 +304,8 @@ class ListenerScanner:
                     for snapshot in read_snapshots(channel, self.stop_event, self._recheck):
                         self._last = snapshot
                         self._push()
+                        if self.seen is not None:
+                            self.seen(snapshot)
                         pause = 0.5
                 finally:
                     channel.close()

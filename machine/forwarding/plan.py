@@ -40,12 +40,15 @@ class WantedForward:
     guest_loopback: bool = False
     #: "container" (a port Docker published) or "listener" (pymachine.forwarding.listeners)
     source: str = "container"
+    #: a guest listener on ::1 alone (a published port says so by its host address, ::1)
+    guest_ipv6: bool = False
 
     @property
     def guest_ipv6_only(self) -> bool:
-        """Docker bound the guest's ::1 alone (-p [::1]:H:C): IPv4 from the NAT needs a
-        proxy in the guest to reach it (a DNAT rule cannot turn IPv4 into IPv6)."""
-        return self.guest_loopback and self.forward.host_ip == IPV6_LOOPBACK
+        """The guest side listens on its ::1 alone (Docker's for -p [::1]:H:C, or a guest
+        program's): IPv4 from the NAT needs a proxy in the guest to reach it (a DNAT rule
+        cannot turn IPv4 into IPv6)."""
+        return self.guest_loopback and (self.guest_ipv6 or self.forward.host_ip == IPV6_LOOPBACK)
 
 
 def _host_ip(requested: str | None, forward_bind: str) -> str:

@@ -88,6 +88,8 @@ class ForwardWatcher:
         #: what the guest was last made to do for loopback-only ports: (kind, protocol, port); None before the first sync
         self.loopback: set[tuple[str, str, int]] | None = None
         self.loopback_lock = threading.Lock()
+        #: the guest's proxies to [::1] that did not start at the last sync: why, by (protocol, port)
+        self.proxy_failures: dict[tuple[str, int], str] = {}
         #: what the guest's listeners want (pymachine.forwarding.listeners); published ports win
         self.listener_wanted: list[WantedForward] = []
         self.health: dict[str, Any] = {"state": "starting", "since": _now()}
@@ -383,9 +385,27 @@ class ForwardWatcher:
             self._ssh = None
             log.warning("could not update the guest's loopback DNAT rules and proxies: %s", exc)
             return
+        failures: dict[tuple[str, int], str] = {}
         for line in str(getattr(result, "stdout", "") or "").splitlines():
             if line.startswith("proxy6 "):
                 log.warning("the guest's proxy to [::1] did not start: %s", line[len("proxy6 ") :])
+                name, _, why = line[len("proxy6 ") :].partition(": ")
+                proto, _, port = name.partition("-")
+                if port.isdigit():
+                    failures[(proto, int(port))] = why.strip() or "no reason given"
+        if failures != self.proxy_failures:
+            # `ports` shows such a forward failed, with the guest's reason, until a sync starts it.
+            self.proxy_failures = failures
+            self._save()
+
+    def guest_proxies_seen(self, listening: set[tuple[str, int]]) -> None:
+        """The guest's listener scan saw these proxies to [::1] listening (the docker-proxy
+        processes of loopback_script). One that should run and does not (killed, or gone
+        with its port) is started again now, not at the next reconcile."""
+        wanted = {(proto, port) for kind, proto, port in self.loopback or () if kind == "proxy6"}
+        if wanted - listening:
+            log.info("the guest's proxy to [::1] for %s is not listening; starting it again", ", ".join(f"{p}/{n}" for p, n in sorted(wanted - listening)))
+            self._sync_loopback(force=True)
 
     # -- state -------------------------------------------------------------------------
 
@@ -405,8 +425,7 @@ class ForwardWatcher:
                     "container": r.wanted.container_name,
                     "container_id": r.wanted.container_id,
                     "source": r.wanted.source,
-                    "state": r.state,
-                    "reason": r.reason,
+                    **self._guest_state(r),
                     # the port the hypervisor itself holds, when a relay of ours fronts it
                     "hypervisor_port": self.driver.hypervisor_port(r.wanted.forward),
                 }
@@ -414,6 +433,14 @@ class ForwardWatcher:
             ]
         data = {"watcher": {**self.health, "pid": os.getpid(), "updated": _now()}, "forwards": forwards}
         atomic_write(self.directory / STATE_FILE, json.dumps(data, indent=2, sort_keys=True), mode=0o644)
+
+    def _guest_state(self, record: Record) -> dict[str, str]:
+        """A record's state and reason, as `ports` shows them: an active forward whose
+        guest proxy to [::1] did not start is failed, with the guest's reason."""
+        why = self.proxy_failures.get(record.wanted.forward.key) if record.wanted.guest_ipv6_only else None
+        if record.state == "active" and why:
+            return {"state": "failed", "reason": f"the guest's proxy to [::1] did not start: {why}"}
+        return {"state": record.state, "reason": record.reason}
 
 
 #: the guest's run-time folder (the NIC's name, the proxies' pidfiles under proxy6/), and Docker's own proxy (the engine bundle's)
