@@ -67,3 +67,42 @@ def test_the_users_own_engine_option_wins_and_is_not_given_twice(option: str, le
     flag = engine_flags([option])[0]
     code, out, _ = dockerd_validate(json.dumps({**daemon, left_out: "x"}).encode(), flag.encode(), "/var/lib/pymachine/daemon.json")
     assert code == 1 and "specified both as a flag and in the configuration file" in out
+
+
+def test_daemon_json_never_gives_containers_more_than_the_nics_mtu() -> None:
+    config = MachineConfig(name="dev", driver="qemu", guest_mtu=65520)
+    assert daemon_config(config, "qemu", nic_mtu=65520)["mtu"] == 65520
+    assert daemon_config(config, "qemu", nic_mtu=0)["mtu"] == 65520  # unknown: the config's
+    fell_back = daemon_config(config, "qemu", nic_mtu=1500)
+    assert "mtu" not in fell_back and "default-network-opts" not in fell_back
+
+
+def test_a_guest_whose_boot_fell_back_to_1500_gets_dockers_defaults_and_back(tmp_path, monkeypatch) -> None:
+    """rcS puts the NIC back to 1500 when it cannot rewrite the NAT's MSS; provisioning reads
+    the NIC's MTU in the same round trip as its other facts, so daemon.json follows it (and
+    dockerd restarts), and follows it back up once a boot sets large frames again."""
+    from .test_fake_end_to_end import _world
+
+    for machines, _fake, farm in _world(tmp_path, monkeypatch, "amd64"):
+        from pymachine.machines import CreateOptions
+
+        machines.create("dev", CreateOptions(driver="virtualbox", cpus=1, memory_mb=512, driver_options={"backend": "vboxmanage"}, force=True))
+        machine = machines.get("dev")
+        machine.config.guest_mtu = 65520  # as a QEMU machine's
+        machine.save()
+        guest = farm.guests["dev"]
+
+        def daemon() -> dict:
+            return json.loads(guest.files["/var/lib/pymachine/daemon.json"])
+
+        guest.nic_mtu = 65520
+        machines.get("dev").provision()
+        assert daemon()["mtu"] == 65520
+        starts = guest.engine_starts
+        guest.nic_mtu = 1500
+        machines.get("dev").provision()
+        assert "mtu" not in daemon() and "default-network-opts" not in daemon()
+        assert guest.engine_starts == starts + 1, "dockerd kept the old MTU"
+        guest.nic_mtu = 65520
+        machines.get("dev").provision()
+        assert daemon()["mtu"] == 65520

@@ -62,7 +62,8 @@ FACTS_SCRIPT = (
     f"{ENGINE} version; echo --; {ENGINE} status; echo --; "
     "grep -q ' /mnt/data ' /proc/mounts && echo data || echo ram; echo --; "
     f"sha256sum {' '.join(CONFIG_FILES)} 2>/dev/null; echo --; "
-    "df -kP /mnt/data 2>/dev/null | awk 'NR == 2 {print $2, $4}'; true"
+    "df -kP /mnt/data 2>/dev/null | awk 'NR == 2 {print $2, $4}'; echo --; "
+    f"cat /sys/class/net/$(cat {NIC_FILE} 2>/dev/null)/mtu 2>/dev/null; true"
 )
 
 
@@ -89,6 +90,9 @@ class GuestFacts:
     #: the data disk's filesystem: its size and what is free, in KiB (0: unknown)
     data_kb: int = 0
     free_kb: int = 0
+    #: the MTU the guest's NIC has (0: unknown); below the machine's guest_mtu when the
+    #: guest could not set up large frames at boot
+    nic_mtu: int = 0
 
     @property
     def data_disk_full(self) -> bool:
@@ -150,8 +154,9 @@ def tail(path: Path | None, lines: int = 15) -> str:
     return "\n--- last console lines ---\n" + "\n".join(text) + "\n---"
 
 
-def daemon_config(config: MachineConfig, driver_name: str) -> dict:
-    """The daemon.json the guest's dockerd reads."""
+def daemon_config(config: MachineConfig, driver_name: str, nic_mtu: int = 0) -> dict:
+    """The daemon.json the guest's dockerd reads. `nic_mtu` is the MTU the guest's NIC
+    really has (0: unknown); the containers' never exceeds it."""
     settings: dict = {
         "hosts": ["unix:///var/run/docker.sock", "tcp://0.0.0.0:2376"],
         "tls": True,
@@ -167,15 +172,17 @@ def daemon_config(config: MachineConfig, driver_name: str) -> dict:
         settings["insecure-registries"] = list(config.insecure_registries)
     if config.registry_mirrors:
         settings["registry-mirrors"] = list(config.registry_mirrors)
-    if config.guest_mtu:
+    mtu = min(config.guest_mtu, nic_mtu) if nic_mtu else config.guest_mtu
+    if mtu > 1500:
         # Containers' interfaces take the NIC's MTU, on the default bridge and on the networks
         # compose creates, unless the user's --engine-opt sets either (dockerd refuses a key
-        # given twice).
+        # given twice). A guest whose boot fell back to 1500 (its console says why) gets
+        # Docker's defaults, so containers never send frames larger than the NIC's.
         given = {engine_option_key(item) for item in config.engine_options}
         if "mtu" not in given:
-            settings["mtu"] = config.guest_mtu
+            settings["mtu"] = mtu
         if "default-network-opt" not in given:
-            settings["default-network-opts"] = {"bridge": {"com.docker.network.driver.mtu": str(config.guest_mtu)}}
+            settings["default-network-opts"] = {"bridge": {"com.docker.network.driver.mtu": str(mtu)}}
     return settings
 
 
@@ -277,7 +284,7 @@ class Provisioner:
             else:
                 parts[-1] += line + "\n"
         parts = [p.strip() for p in parts]
-        while len(parts) < 7:
+        while len(parts) < 8:
             parts.append("")
         sums = {}
         for line in parts[5].splitlines():
@@ -294,6 +301,7 @@ class Provisioner:
             config_sums=sums,
             data_kb=data_kb,
             free_kb=free_kb,
+            nic_mtu=int(parts[7]) if parts[7].isdigit() else 0,
         )
 
     def check_room(self, cause: Exception | None = None) -> None:
@@ -334,7 +342,7 @@ class Provisioner:
                 f"{TLS_DIR}/ca.pem": (self.certs.ca.read_bytes(), 0o644),
                 f"{TLS_DIR}/server.pem": (self.certs.server_cert.read_bytes(), 0o644),
                 f"{TLS_DIR}/server-key.pem": (self.certs.server_key.read_bytes(), 0o600),
-                f"{GUEST_STATE}/daemon.json": (json.dumps(daemon_config(self.config, driver_name), indent=2).encode(), 0o644),
+                f"{GUEST_STATE}/daemon.json": (json.dumps(daemon_config(self.config, driver_name, facts.nic_mtu), indent=2).encode(), 0o644),
                 f"{GUEST_STATE}/dockerd.args": (("\n".join(flags) + "\n").encode() if flags else b"", 0o644),
             }
             changed = {path: item for path, item in files.items() if facts.config_sums.get(path) != hashlib.sha256(item[0]).hexdigest()}

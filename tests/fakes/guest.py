@@ -72,6 +72,8 @@ class GuestState:
     used_kb: int = 1024 * 1024
     #: dockerd has run since boot (so docker0 exists)
     engine_ran: bool = False
+    #: the MTU of its NIC, as /sys/class/net/eth0/mtu says (VirtualBox and Parallels: 1500)
+    nic_mtu: int = 1500
     #: how many times dockerd was (re)started
     engine_starts: int = 0
     #: the boot of its VM this guest was last reached in (GuestFarm.boot_id)
@@ -203,7 +205,7 @@ class ScriptedGuest:
             # As in the real guest: docker0 appears once dockerd has run.
             addresses = "eth0 10.0.2.15/24\n" + ("docker0 172.17.0.1/16\n" if state.engine_ran else "")
             size, free = self.farm.space(state.name)
-            return 0, f"eth0\n--\n{addresses}--\n{state.engine_sha256}\n--\n{running}\n--\ndata\n--\n{sums}--\n{size} {free}\n", ""
+            return 0, f"eth0\n--\n{addresses}--\n{state.engine_sha256}\n--\n{running}\n--\ndata\n--\n{sums}--\n{size} {free}\n--\n{state.nic_mtu}\n", ""
         if command.startswith(f"{ENGINE} install "):
             _, _, bundle, want = command.split()[:4]
             data = state.files.pop(bundle, None)
