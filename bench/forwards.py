@@ -259,7 +259,7 @@ def main() -> None:
     parts = set(args.parts.split(","))
     bench = Bench("fwdbench")
     try:
-        bench.pm("create", bench.name, "-o", "restrict-network=true", "--memory", "2048", *[f"--engine-opt={o}" for o in args.engine_opt])
+        bench.pm("create", bench.name, "-o", "restrict-network=true", "--memory", "4096", *[f"--engine-opt={o}" for o in args.engine_opt])
         env = bench.docker_env()
         bench.import_busybox(env)
         result: dict = {"engine_options": args.engine_opt}
