@@ -88,7 +88,8 @@ def _fmt(value: float | None, unit: str) -> str:
     if unit == "ms":
         return f"{value * 1000:.0f} ms"
     if unit == "s":
-        return f"{value:.1f} s"
+        # below a second (the load's figures), seconds to one decimal would all read 0.0 s
+        return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.1f} s"
     if unit in ("MB", "MB/s"):
         return f"{value:.1f} {unit}"
     if unit == "x":
