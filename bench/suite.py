@@ -216,7 +216,9 @@ def forwards(table: Table, machine: RunningMachine, runs: int, latency_runs: int
 
 def listeners(table: Table, machine: RunningMachine, runs: int) -> None:
     """A process started over `pymachine ssh` listens in the guest; how soon the same port
-    answers on the host, and how soon it refuses after the process is killed."""
+    answers on the host, and how soon it refuses after the process is killed. Both count
+    from the moment the `pymachine ssh` command is started, so they include its start-up,
+    the SSH handshake and the process's own start in the guest, not only the scan."""
     bench = machine.bench
     up, down, missed = [], [], 0
     for _ in range(runs):
@@ -237,9 +239,9 @@ def listeners(table: Table, machine: RunningMachine, runs: int) -> None:
             proc.terminate()
             proc.wait(10)
     note = f"{missed} of {runs} never answered" if missed else ""
-    table.add("listeners", "guest listener answers on the host (after ssh returns)", "ms", up or [float("inf")], note)
+    table.add("listeners", "guest listener answers, from `pymachine ssh` started", "ms", up or [float("inf")], note)
     if down:
-        table.add("listeners", "forward gone after the listener exits", "ms", down)
+        table.add("listeners", "listener's port refuses, from `pymachine ssh ... kill` started", "ms", down)
 
 
 def _answers(port: int) -> bool:
