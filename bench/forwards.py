@@ -64,9 +64,10 @@ def load(bench: Bench, env: dict, count: int) -> dict:
         argv = ("run", "-d", "--name", f"load{i}", "-p", f"{ports[i]}:80", "busybox-local", "httpd", "-f", "-p", "80", "-h", "/www")
         done = bench.docker(*argv, env=env, check=False)
         if done.returncode:
-            # Under TCG runc has once failed to start one container of a hundred ("read
-            # init-p: connection reset by peer"). Run it again once, and count it in the
-            # result, so one such start does not throw away an hour of measurements.
+            # In a guest short of memory runc failed to start one container of a hundred
+            # ("read init-p: connection reset by peer"; bench/suite.py's SUITE_MEMORY_MB).
+            # Run it again once, and count it in the result, so one such start does not
+            # throw away the measurements before it.
             failures.append(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}")
             kernel = bench.pm("ssh", bench.name, "--", "dmesg | tail -n 5", check=False).stdout.strip()
             print(f"docker run load{i} failed: {failures[-1]}\nthe guest kernel's last words:\n{kernel}", file=sys.stderr, flush=True)

@@ -13,7 +13,8 @@ process that holds it. The host side turns that into forwards:
                            loopback-bound published ports (route_localnet is set at boot)
     ::1 only               forwarded, through the guest proxy the watcher already keeps
                            for -p [::1]:H:C (IPv4 from the NAT, relayed to [::1])
-    one specific address   not forwarded: it is not the address the NAT delivers to
+    one specific address   not forwarded (a bridge's such as 172.17.0.1 is out of the NAT's
+                           reach; the card's own, 10.0.2.15, could be, but is not yet)
 
 Never forwarded this way: the guest's own services (SSH on 22, the Docker API on 2376,
 dockerd, containerd, the DHCP client), docker-proxy (a published port is the event
@@ -193,7 +194,7 @@ def wanted_from_listeners(listeners: Iterable[Listener], forward_bind: str, sett
         reachable = [item for item in group if item.address in ("any", "loopback")]
         ipv6_only = not reachable
         if ipv6_only:
-            # ::1 alone: the guest's proxy to [::1] reaches it. A specific address: nothing does.
+            # ::1 alone: the guest's proxy to [::1] reaches it. A specific address: not forwarded.
             reachable = [item for item in group if item.address == "loopback6"]
             if not reachable:
                 continue
